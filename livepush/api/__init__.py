@@ -1,0 +1,1 @@
+"""HTTP endpoints: the ingest API, feed reads and operations."""

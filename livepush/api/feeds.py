@@ -1,0 +1,94 @@
+"""Feed reads: the feed's position, its event history and the reader's snapshot."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from livepush.api.ingest import feed_of
+from livepush.errors import Forbidden, InvalidEntry
+from livepush.model import Snapshot
+from livepush.transports.sse import EventStream, parse_position
+
+HISTORY_LIMIT, HISTORY_MAX = 100, 1000
+SNAPSHOT_LIMIT, SNAPSHOT_MAX = 50, 500
+
+
+def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """A query parameter as an integer in low..high, or 422 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise InvalidEntry(f"bad {name}", fields={name: f"an integer in {low}..{high}"})
+    return int(raw)
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, 200, media_type="application/json")
+
+
+async def feed_info(request: Request) -> Response:
+    """`GET /v1/feeds/{feed}`: epoch, head and this node's subscribers."""
+    runtime = request.app.state.runtime
+    feed = feed_of(request)
+    history = await runtime.broker.history(feed, 0, 0)
+    return _json(
+        orjson.dumps(
+            {
+                "feed": feed,
+                "epoch": history.epoch,
+                "head_seq": history.head_seq,
+                "subscribers": runtime.subscribers(feed),
+            }
+        )
+    )
+
+
+async def feed_history(request: Request) -> Response:
+    """`GET /v1/feeds/{feed}/entries?since=N&limit=M`: events after N, oldest first.
+
+    Extension: `first_seq`, the oldest seq history still holds; `since` older than
+    `first_seq - 1` cannot be continued without a gap (the WebSocket answers `reset`).
+    """
+    runtime = request.app.state.runtime
+    feed = feed_of(request)
+    since = int_param(request, "since", 0, 0, 2**53)
+    limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX)
+    assert since is not None and limit is not None
+    history = await runtime.broker.history(feed, since, limit)
+    head = orjson.dumps(
+        {"feed": feed, "epoch": history.epoch, "head_seq": history.head_seq,
+         "first_seq": history.first_seq}
+    )
+    events = b",".join(event.payload for event in history.events)
+    return _json(head[:-1] + b',"events":[' + events + b"]}")
+
+
+def snapshot_body(snapshot: Snapshot) -> bytes:
+    head = orjson.dumps(
+        {"feed": snapshot.feed, "epoch": snapshot.epoch, "head_seq": snapshot.head_seq}
+    )
+    return head[:-1] + b',"entries":[' + b",".join(snapshot.entries) + b"]}"
+
+
+async def feed_snapshot(request: Request) -> Response:
+    """`GET /v1/feeds/{feed}/snapshot?limit=M&before=S`: the feed as a reader sees it."""
+    runtime = request.app.state.runtime
+    feed = feed_of(request)
+    limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX)
+    before = int_param(request, "before", None, 1, 2**53)
+    assert limit is not None
+    snapshot = await runtime.broker.snapshot(feed, limit, before)
+    return _json(snapshot_body(snapshot))
+
+
+async def feed_events(request: Request) -> EventStream:
+    """`GET /v1/feeds/{feed}/events`: the feed as Server-Sent Events."""
+    runtime = request.app.state.runtime
+    feed = feed_of(request)
+    if not runtime.origin_allowed(request.headers.get("origin")):
+        raise Forbidden("this origin may not subscribe")
+    since, epoch = parse_position(request)
+    return EventStream(runtime.hub, runtime.sse_streams, feed, since, epoch)

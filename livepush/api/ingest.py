@@ -1,0 +1,156 @@
+"""The ingest API: publish, correct and retract entries."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from livepush.errors import BadJSON, Conflict, InvalidEntry, NotFound, TooLarge
+from livepush.errors import UnsupportedMediaType
+from livepush.model import Change, EventType, is_feed_name
+from livepush.schema import parse_new_entry, parse_patch
+from livepush.wire import entry_template
+
+# A correction retried this many times against concurrent ones gives up with 503.
+MAX_CAS_ATTEMPTS = 8
+MAX_IDEMPOTENCY_KEY = 200
+ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def now_rfc3339() -> str:
+    """The current time, RFC 3339 in UTC with millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_entry_id() -> str:
+    """A random 16-character id from a URL-safe, unambiguous alphabet (80 bits)."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(16))
+
+
+def entry_fields(fields: dict[str, Any], published_at: str, updated_at: str) -> dict[str, Any]:
+    """An entry's JSON fields after id and seq, in the order clients see them."""
+    return {
+        "published_at": published_at,
+        "updated_at": updated_at,
+        "title": fields.get("title"),
+        "body": fields["body"],
+        "author": fields.get("author"),
+        "tags": fields.get("tags"),
+        "pinned": fields.get("pinned", False),
+        "meta": fields.get("meta"),
+    }
+
+
+def entry_id_of(request: Request) -> str:
+    entry_id: str = request.path_params["entry_id"]
+    if not (0 < len(entry_id) <= 64 and entry_id.isascii() and entry_id.isalnum()):
+        raise NotFound(f"no entry {entry_id!r}")
+    return entry_id
+
+
+def feed_of(request: Request) -> str:
+    feed: str = request.path_params["feed"]
+    if not is_feed_name(feed):
+        raise InvalidEntry(
+            "bad feed name", fields={"feed": "must match ^[a-z0-9][a-z0-9._-]{0,127}$"}
+        )
+    return feed
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request's JSON body: 415 if not JSON, 413 past `limit` bytes, 400 if malformed."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("send the entry as Content-Type: application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"the body is over {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadJSON(f"the body is not valid JSON: {error}") from None
+
+
+def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+async def create_entry(request: Request) -> Response:
+    """`POST /v1/feeds/{feed}/entries`: 201 with the stored entry."""
+    runtime = request.app.state.runtime
+    token = runtime.publishers.check(request.headers.get("authorization"))
+    feed = feed_of(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise InvalidEntry(
+            "bad Idempotency-Key",
+            fields={"Idempotency-Key": f"1..{MAX_IDEMPOTENCY_KEY} printable characters"},
+        )
+    fields = parse_new_entry(await read_json(request, runtime.settings.max_body))
+    runtime.publishers.spend(token)
+    now = now_rfc3339()
+    entry_id = new_entry_id()
+    change = Change(
+        EventType.CREATED,
+        entry_id,
+        entry_template(entry_id, None, entry_fields(fields, now, now)),
+        pinned=fields["pinned"],
+    )
+    published = await runtime.broker.publish(feed, change, idempotency_key=key)
+    if not published.duplicate:
+        runtime.published += 1
+    headers = {"Idempotency-Replayed": "true"} if published.duplicate else None
+    return _json(published.entry or b"{}", 201, headers)
+
+
+async def update_entry(request: Request) -> Response:
+    """`PATCH /v1/feeds/{feed}/entries/{id}`: 200 with the corrected entry."""
+    runtime = request.app.state.runtime
+    token = runtime.publishers.check(request.headers.get("authorization"))
+    feed = feed_of(request)
+    entry_id = entry_id_of(request)
+    patch = parse_patch(await read_json(request, runtime.settings.max_body))
+    runtime.publishers.spend(token)
+    for _ in range(MAX_CAS_ATTEMPTS):
+        stored = await runtime.broker.entry(feed, entry_id)
+        if stored is None or not stored.live:
+            raise NotFound(f"no live entry {entry_id!r} in feed {feed!r}")
+        entry = orjson.loads(stored.json)
+        entry.update(patch)
+        fields = entry_fields(entry, entry["published_at"], now_rfc3339())
+        change = Change(
+            EventType.UPDATED,
+            entry_id,
+            entry_template(entry_id, entry["seq"], fields),
+            pinned=bool(fields["pinned"]),
+            expected=stored.json,
+        )
+        try:
+            published = await runtime.broker.publish(feed, change)
+        except Conflict:
+            continue  # another correction landed first: apply ours on top of it
+        runtime.published += 1
+        return _json(published.entry or b"{}", 200)
+    raise Conflict(entry_id)
+
+
+async def delete_entry(request: Request) -> Response:
+    """`DELETE /v1/feeds/{feed}/entries/{id}`: 204; the entry leaves the snapshot."""
+    runtime = request.app.state.runtime
+    token = runtime.publishers.check(request.headers.get("authorization"))
+    feed = feed_of(request)
+    entry_id = entry_id_of(request)
+    runtime.publishers.spend(token)
+    await runtime.broker.publish(feed, Change(EventType.DELETED, entry_id))
+    runtime.published += 1
+    return Response(status_code=204)

@@ -1,0 +1,211 @@
+"""create_app(settings): routes, the lifespan that owns every task, and the wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from livepush import __version__, config
+from livepush.api import feeds, ingest, ops
+from livepush.auth import Publishers, origin_allowed
+from livepush.brokers.base import Broker
+from livepush.brokers.memory import MemoryBroker
+from livepush.config import Settings
+from livepush.errors import Conflict, LivepushError, RateLimited
+from livepush.hub import Hub
+from livepush.metrics import registry_for
+from livepush.model import CloseCode, is_feed_name
+from livepush.seed import DEMO_FEED, seed_demo
+from livepush.transports.sse import SseConnection
+from livepush.transports.ws import websocket_endpoint
+
+log = logging.getLogger("livepush")
+
+
+class Runtime:
+    """Everything a request handler reaches through `app.state.runtime`."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.hub = Hub(broker, max_buffer=settings.max_buffer)
+        self.publishers = Publishers(settings.publish_tokens, settings.publish_rate)
+        self.sse_streams: set[SseConnection] = set()
+        self.ws_connections = 0
+        self.published = 0
+        self.draining = False
+        self.registry = registry_for(self)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        return origin_allowed(origin, self.settings.allowed_origins)
+
+    def subscribers(self, feed: str) -> int:
+        state = self.hub.feeds.get(feed)
+        return 0 if state is None else sum(len(subs) for subs in state.groups.values())
+
+    def keepalive(self) -> None:
+        for stream in list(self.sse_streams):
+            stream.keepalive()
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url is None:
+        return MemoryBroker(settings.history_size)
+    from livepush.brokers.redis import RedisBroker
+
+    return RedisBroker(settings.redis_url, settings.history_size)
+
+
+def _error_response(error: LivepushError) -> Response:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.fields:
+        body["fields"] = error.fields
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
+    return JSONResponse({"error": body}, status_code=error.status, headers=headers)
+
+
+async def _livepush_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LivepushError)
+    return _error_response(exc)
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        {"error": {"code": "conflict", "message": "concurrent corrections; retry"}}, 409
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"code": code, "message": str(exc.detail)}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def _static(name: str) -> bytes:
+    return resources.files("livepush.static").joinpath(name).read_bytes()
+
+
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+async def static_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    suffix = "." + name.rpartition(".")[2]
+    if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
+        raise HTTPException(404, "no such file")
+    try:
+        body = _static(name)
+    except FileNotFoundError:
+        raise HTTPException(404, "no such file") from None
+    return Response(body, media_type=STATIC_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+
+async def client_js(request: Request) -> Response:
+    return Response(_static("livepush.js"), media_type="text/javascript",
+                    headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
+
+
+async def reader_page(request: Request) -> Response:
+    from livepush.pages import render_reader
+
+    feed = request.path_params.get("feed", DEMO_FEED)
+    if not is_feed_name(feed):
+        raise HTTPException(404, "no such feed")
+    snapshot = await request.app.state.runtime.broker.snapshot(feed, 50, None)
+    import orjson
+
+    page = render_reader(
+        feed, orjson.loads(feeds.snapshot_body(snapshot)), asset_version=__version__
+    )
+    return HTMLResponse(page)
+
+
+async def editor_page(request: Request) -> Response:
+    from livepush.pages import render_editor
+
+    return HTMLResponse(render_editor(asset_version=__version__))
+
+
+def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
+    """The livepush ASGI app for `settings`; the broker is made from them unless given."""
+    runtime = Runtime(settings, broker or make_broker(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.broker.start(runtime.hub)
+        if settings.demo and isinstance(runtime.broker, MemoryBroker):
+            await seed_demo(runtime.broker)
+        loop = asyncio.get_running_loop()
+        keepalive = _Repeat(loop, settings.sse_keepalive, runtime.keepalive)
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            keepalive.cancel()
+            runtime.hub.close_all(CloseCode.SERVICE_RESTART)
+            await runtime.hub.aclose()
+            await runtime.broker.aclose()
+
+    routes = [
+        Route("/", reader_page),
+        Route("/feeds/{feed}", reader_page),
+        Route("/editor", editor_page),
+        Route("/v1/livepush.js", client_js),
+        Route("/static/{name}", static_file),
+        Route("/healthz", ops.healthz),
+        Route("/readyz", ops.readyz),
+        Route("/metrics", ops.metrics),
+        Route("/v1/feeds/{feed}", feeds.feed_info),
+        Route("/v1/feeds/{feed}/entries", feeds.feed_history, methods=["GET"]),
+        Route("/v1/feeds/{feed}/entries", ingest.create_entry, methods=["POST"]),
+        Route("/v1/feeds/{feed}/entries/{entry_id}", ingest.update_entry, methods=["PATCH"]),
+        Route("/v1/feeds/{feed}/entries/{entry_id}", ingest.delete_entry, methods=["DELETE"]),
+        Route("/v1/feeds/{feed}/snapshot", feeds.feed_snapshot),
+        Route("/v1/feeds/{feed}/events", feeds.feed_events),
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            LivepushError: _livepush_error,
+            Conflict: _conflict,
+            HTTPException: _http_error,
+        },
+    )
+    app.state.runtime = runtime
+    return app
+
+
+class _Repeat:
+    """Call `callback` every `interval` seconds on loop timers (no task)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, callback: Any) -> None:
+        self._loop, self._interval, self._callback = loop, interval, callback
+        self._handle = loop.call_later(interval, self._run)
+
+    def _run(self) -> None:
+        self._handle = self._loop.call_later(self._interval, self._run)
+        self._callback()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def app_from_environment() -> Starlette:
+    """The app factory uvicorn's workers call: settings from LIVEPUSH_* variables."""
+    return create_app(config.load())

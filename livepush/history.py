@@ -1,0 +1,86 @@
+"""A feed's bounded event history and the replay-or-reset decision made from it."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from livepush.model import Event
+
+
+class Ring:
+    """The last `size` events of one feed, oldest first, in seq order without holes.
+
+    The in-process broker keeps its history here; every node keeps a short one per
+    watched feed so that most resumes need no broker round trip.
+    """
+
+    __slots__ = ("_events",)
+
+    def __init__(self, size: int) -> None:
+        self._events: deque[Event] = deque(maxlen=max(size, 0))
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def append(self, event: Event) -> None:
+        """Add the feed's next event; the caller guarantees seq order without holes."""
+        if self._events.maxlen:
+            self._events.append(event)
+
+    def clear(self) -> None:
+        self._events.clear()
+
+    def first_seq(self, head_seq: int) -> int:
+        """The oldest seq held, or `head_seq + 1` when nothing is held."""
+        return self._events[0].seq if self._events else head_seq + 1
+
+    def after(self, seq: int, head: int, limit: int | None = None) -> list[Event] | None:
+        """The events after `seq` up to `head`, oldest first; None if the ring does not
+        reach back that far. The ring's newest event must be `head` when it holds any.
+
+        Costs O(limit) by indexing from the end: seqs in the ring are contiguous.
+        """
+        events = self._events
+        if seq >= head:
+            return []
+        if not events or seq < events[0].seq - 1:
+            return None
+        start = len(events) - (head - seq)
+        stop = len(events) if limit is None else min(len(events), start + limit)
+        return [events[i] for i in range(start, stop)]
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Resume: send the events after `since` (none when it is the head), then live ones."""
+
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The client's position cannot be continued: it reloads the snapshot, then resumes."""
+
+    reason: str
+
+
+def decide(
+    since: int | None, client_epoch: str | None, epoch: str, head_seq: int, first_seq: int
+) -> Replay | Reset:
+    """Decide how a subscriber at (`client_epoch`, `since`) continues a feed.
+
+    `first_seq` is the oldest seq history still holds. A seq beyond the head can only
+    come from another life of the feed (history lost, epoch unknown to the client):
+    continuing it would hand the client another life's entries under a seq it has
+    already seen, so it is a reset too.
+    """
+    if client_epoch is not None and client_epoch != epoch:
+        return Reset("epoch")
+    if since is None:
+        return Replay(head_seq)
+    if since > head_seq:
+        return Reset("ahead")
+    if since < first_seq - 1:
+        return Reset("expired")
+    return Replay(since)

@@ -1,0 +1,108 @@
+"""The nouns of the wire contract: feeds, entries, events and positions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+FEED_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+
+
+def is_feed_name(name: str) -> bool:
+    """Tell whether `name` is a valid feed name (SPEC: `^[a-z0-9][a-z0-9._-]{0,127}$`)."""
+    return FEED_NAME.fullmatch(name) is not None
+
+
+class EventType(StrEnum):
+    CREATED = "entry.created"
+    UPDATED = "entry.updated"
+    DELETED = "entry.deleted"
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a feed stands: one life of its history (`epoch`) and the last seq in it."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One accepted change of a feed, as it travels from the broker to the hub.
+
+    `payload` is the event's JSON exactly as every subscriber receives it: it is
+    built once, where the seq is assigned, and never re-encoded on the way out.
+    """
+
+    feed: str
+    epoch: str
+    seq: int
+    type: EventType
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a publisher asks the broker to record as the feed's next event.
+
+    `entry_parts` is the entry's JSON split where its seq goes (two parts for a new
+    entry, whose seq is the event's; one part, the whole JSON, when the seq is already
+    known). `expected` is the JSON the stored entry must still have for an update or
+    a retraction to apply: a compare-and-set that keeps concurrent corrections from
+    overwriting each other.
+    """
+
+    type: EventType
+    entry_id: str
+    entry_parts: tuple[bytes, ...] = ()
+    pinned: bool = False
+    expected: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The broker's answer to a publish: the event's position and the stored entry."""
+
+    position: Position
+    entry: bytes | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A feed's recent events after some seq, with what a resume decision needs."""
+
+    epoch: str
+    head_seq: int
+    first_seq: int
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The feed as a reader sees it, consistent with `head_seq`; entries are JSON."""
+
+    feed: str
+    epoch: str
+    head_seq: int
+    entries: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry's current revision as stored, and whether it is still live."""
+
+    json: bytes
+    live: bool

@@ -1,0 +1,88 @@
+"""Raw request JSON to a validated entry draft, or InvalidEntry naming each bad field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import field_validator
+
+from livepush.errors import InvalidEntry
+
+MAX_META_BYTES = 8 * 1024
+
+Tag = Annotated[StrictStr, Field(max_length=64)]
+
+
+class _Fields(BaseModel):
+    """The editor-supplied fields of an entry; the server adds id, seq and times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    body: StrictStr = Field(min_length=1, max_length=65536)
+    title: StrictStr | None = Field(default=None, max_length=300)
+    author: StrictStr | None = Field(default=None, max_length=200)
+    tags: list[Tag] | None = Field(default=None, max_length=20)
+    pinned: StrictBool = False
+    meta: dict[str, Any] | None = None
+
+    @field_validator("meta")
+    @classmethod
+    def _meta_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > MAX_META_BYTES:
+            raise ValueError(f"meta must encode to at most {MAX_META_BYTES} bytes")
+        return value
+
+
+class _Patch(_Fields):
+    body: StrictStr | None = Field(default=None, min_length=1, max_length=65536)  # type: ignore[assignment]
+    pinned: StrictBool | None = None  # type: ignore[assignment]
+
+
+EDITABLE = ("body", "title", "author", "tags", "pinned", "meta")
+
+
+def _fields_of(error: ValidationError) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "(body)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        fields.setdefault(name, message)
+    return fields
+
+
+def _as_object(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidEntry("an entry is a JSON object", fields={"(body)": "expected an object"})
+    return raw
+
+
+def parse_new_entry(raw: object) -> dict[str, Any]:
+    """Validate a new entry's fields; the result holds every field, defaults filled in."""
+    try:
+        fields = _Fields.model_validate(_as_object(raw))
+    except ValidationError as error:
+        raise InvalidEntry("the entry is not valid", fields=_fields_of(error)) from None
+    return {name: getattr(fields, name) for name in EDITABLE}
+
+
+def parse_patch(raw: object) -> dict[str, Any]:
+    """Validate a correction; the result holds only the fields the editor sent.
+
+    Sending `null` for an optional field (title, author, tags, meta) removes it;
+    `body` and `pinned` cannot be removed.
+    """
+    data = _as_object(raw)
+    try:
+        _Patch.model_validate(data)
+    except ValidationError as error:
+        raise InvalidEntry("the correction is not valid", fields=_fields_of(error)) from None
+    bad = {name: "cannot be null" for name in ("body", "pinned") if name in data and data[name] is None}
+    if bad:
+        raise InvalidEntry("the correction is not valid", fields=bad)
+    if not data:
+        raise InvalidEntry("a correction changes at least one field", fields={"(body)": "empty"})
+    return dict(data)

@@ -1,0 +1,82 @@
+"""The demo feed's first entries: a developing story, so a first run shows a live page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from livepush.api.ingest import entry_fields, new_entry_id
+from livepush.brokers.base import Broker
+from livepush.model import Change, EventType
+from livepush.wire import entry_template
+
+DEMO_FEED = "demo"
+
+# (minutes before start-up, title, body, pinned)
+STORY: list[tuple[int, str | None, str, bool]] = [
+    (
+        95,
+        "WHAT WE KNOW",
+        "The jury in the trial of former port director Anton Halvorsen retired on Monday "
+        "after six weeks of evidence.\n\nHalvorsen faces four counts of fraud and one of "
+        "illegally importing weapons through the harbour he ran for eleven years.",
+        True,
+    ),
+    (
+        82,
+        "COURT RESUMES",
+        "Court 3 is full. Halvorsen arrived at 9:40, dark suit, no comment to reporters on "
+        "the steps. The judge has asked the jury whether it has reached verdicts on all counts.",
+        False,
+    ),
+    (
+        71,
+        "CONVICTION",
+        "Guilty on the first count: false accounting of harbour fees between 2017 and 2021.\n\n"
+        "Halvorsen showed no reaction. His wife left the public gallery.",
+        False,
+    ),
+    (
+        63,
+        "WEAPONS PURCHASE",
+        "The jury also finds him guilty of arranging the purchase of 140 rifles through a "
+        "shell company registered in his brother-in-law's name.\n\nThe prosecution said the "
+        "rifles were declared as agricultural machinery.",
+        False,
+    ),
+    (
+        48,
+        "ACQUITTAL ON TWO COUNTS",
+        "Not guilty on the two counts of bribery relating to the 2019 dredging contract. "
+        "The jury could not agree on the fifth count; the judge accepted a majority verdict.",
+        False,
+    ),
+    (
+        30,
+        "DEFENCE STATEMENT",
+        "Outside court, defence counsel Mirela Ostrova said her client would 'study the "
+        "verdicts carefully' and that an appeal was 'very likely'.",
+        False,
+    ),
+    (
+        12,
+        "SENTENCING DATE",
+        "Sentencing is set for 14 January. Halvorsen is remanded in custody until then; the "
+        "judge refused bail, citing 'a real risk of flight'.",
+        False,
+    ),
+]
+
+
+async def seed_demo(broker: Broker, now: datetime | None = None) -> None:
+    """Publish the demo story into the `demo` feed, unless the feed already has entries."""
+    history = await broker.history(DEMO_FEED, 0, 0)
+    if history.head_seq > 0:
+        return
+    now = now or datetime.now(UTC)
+    for minutes, title, body, pinned in STORY:
+        at = (now - timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+        at = at.replace("+00:00", "Z")
+        entry_id = new_entry_id()
+        fields = {"title": title, "body": body, "author": "Live desk", "pinned": pinned}
+        parts = entry_template(entry_id, None, entry_fields(fields, at, at))
+        await broker.publish(DEMO_FEED, Change(EventType.CREATED, entry_id, parts, pinned=pinned))
