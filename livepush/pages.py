@@ -1,0 +1,148 @@
+"""HTML of the reader page and the editor console, rendered from data without I/O.
+
+Entry text is untrusted (the SPEC stores bodies "plain text or HTML, as given"): every
+value is escaped with `html.escape` and bodies are shown as text, never as markup. The
+entry markup here must stay the same as `entryElement()` in `static/reader.js`, which
+renders the live events the same way in the browser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from html import escape
+from importlib.resources import files
+from urllib.parse import quote
+
+# Read once at import: the console is a static page apart from its asset version, and
+# keeping it in an .html file lets it be edited (and served from /static) as one.
+_EDITOR_TEMPLATE = files("livepush").joinpath("static/editor.html").read_text("utf-8")
+_ASSET_VERSION_MARK = "__ASSET_VERSION__"
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def render_reader(feed: str, snapshot: dict[str, object], *, asset_version: str) -> str:
+    """The reader page for a feed's snapshot, readable before (and without) JavaScript.
+
+    `snapshot` is the SPEC snapshot body decoded. The page hands `epoch` and `head_seq`
+    to the client on `<main>`, so it subscribes exactly where the snapshot ends.
+    """
+    entries = sorted(_entries(snapshot.get("entries")), key=_reader_order)
+    epoch = _text(snapshot, "epoch")
+    head_seq = _int(snapshot, "head_seq") or 0
+    # "Load older" pages back from the oldest unpinned entry shown (pinned ones are
+    # always in the snapshot, whatever their age); seq 1 has nothing before it.
+    unpinned = [_int(entry, "seq") or 0 for entry in entries if entry.get("pinned") is not True]
+    before = min(unpinned, default=0)
+    v = quote(asset_version, safe="")
+    articles = "\n".join(render_entry(entry) for entry in entries)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Live: {escape(feed)}</title>
+<link rel="stylesheet" href="/static/reader.css?v={v}">
+<link rel="modulepreload" href="/v1/livepush.js?v={v}">
+</head>
+<body>
+<main id="live" class="lp-reader" data-feed="{escape(feed)}" data-epoch="{escape(epoch)}" \
+data-head-seq="{head_seq}" data-before="{before}">
+<header class="lp-header">
+<p class="lp-kicker"><span class="lp-live-mark">Live</span> updates</p>
+<h1 class="lp-feed-name">{escape(feed)}</h1>
+<p class="lp-status" role="status" data-status="offline" hidden>\
+<span class="lp-dot" aria-hidden="true"></span><span class="lp-status-text"></span></p>
+</header>
+<button type="button" class="lp-new-bar" aria-live="polite" hidden></button>
+<section class="lp-entries" aria-label="Entries, newest first">
+{articles}
+</section>
+<p class="lp-empty"{"" if not entries else " hidden"}>No entries yet. \
+This page updates by itself.</p>
+<div class="lp-more"><button type="button" class="lp-load-older" hidden>\
+Load older entries</button></div>
+</main>
+<script type="module">
+import {{ subscribe }} from "/v1/livepush.js?v={v}";
+import {{ startReader }} from "/static/reader.js?v={v}";
+startReader(document.getElementById("live"), subscribe);
+</script>
+</body>
+</html>
+"""
+
+
+def render_editor(*, asset_version: str) -> str:
+    """The editor console page, its asset URLs pinned to `asset_version`."""
+    return _EDITOR_TEMPLATE.replace(_ASSET_VERSION_MARK, quote(asset_version, safe=""))
+
+
+def render_entry(entry: Mapping[str, object]) -> str:
+    """One entry as an `<article>`: marker, time, correction time, author, title, body."""
+    entry_id = _text(entry, "id")
+    seq = _int(entry, "seq") or 0
+    pinned = entry.get("pinned") is True
+    published = _text(entry, "published_at")
+    updated = _text(entry, "updated_at")
+    title = _text(entry, "title")
+    author = _text(entry, "author")
+    meta = []
+    if pinned:
+        meta.append('<span class="lp-pin">Pinned</span>')
+    meta.append(f'<time class="lp-time" datetime="{escape(published)}">{_clock(published)}</time>')
+    if updated and updated != published:
+        meta.append(
+            f'<span class="lp-updated">Updated <time datetime="{escape(updated)}">'
+            f"{_clock(updated)}</time></span>"
+        )
+    if author:
+        meta.append(f'<span class="lp-author">{escape(author)}</span>')
+    heading = f'<h2 class="lp-title">{escape(title)}</h2>' if title else ""
+    body = "".join(f"<p>{escape(p)}</p>" for p in paragraphs(_text(entry, "body")))
+    return (
+        f'<article class="lp-entry{" is-pinned" if pinned else ""}" id="entry-{escape(entry_id)}"'
+        f' data-id="{escape(entry_id)}" data-seq="{seq}" data-pinned="{str(pinned).lower()}">'
+        f'<header class="lp-entry-meta">{"".join(meta)}</header>'
+        f'{heading}<div class="lp-body">{body}</div></article>'
+    )
+
+
+def paragraphs(body: str) -> list[str]:
+    """A body's paragraphs: split on blank lines; single newlines stay (CSS pre-line)."""
+    text = body.replace("\r\n", "\n").replace("\r", "\n").strip()
+    return [p.strip() for p in _PARAGRAPH_BREAK.split(text)] if text else []
+
+
+def _reader_order(entry: Mapping[str, object]) -> tuple[bool, int]:
+    """Pinned entries first, then newest (highest creation seq) first."""
+    return (entry.get("pinned") is not True, -(_int(entry, "seq") or 0))
+
+
+def _clock(timestamp: str) -> str:
+    """`HH:MM` in UTC: the server cannot know the reader's zone; reader.js relabels it."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%H:%M UTC")
+
+
+def _entries(value: object) -> Iterable[Mapping[str, object]]:
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def _text(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _int(data: Mapping[str, object], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,227 @@
+// reader.js — the live blog page: applies a feed's events to the server-rendered entries.
+//
+// Entry data is untrusted (bodies may hold HTML "as given"): it only ever reaches the
+// page through textContent and attributes, never innerHTML. The markup built by
+// entryElement() must match render_entry() in livepush/pages.py.
+
+const OLDER_PAGE = 20;
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+const fullDate = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+const STATUS_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  offline: "Offline, waiting for the network",
+  closed: "Disconnected",
+};
+const TRANSPORT_TEXT = { ws: "WebSocket", sse: "SSE" };
+
+export function startReader(main, subscribe) {
+  const feedName = main.dataset.feed;
+  const list = main.querySelector(".lp-entries");
+  const empty = main.querySelector(".lp-empty");
+  const status = main.querySelector(".lp-status");
+  const newBar = main.querySelector(".lp-new-bar");
+  const olderButton = main.querySelector(".lp-load-older");
+  const pending = new Set(); // entries that arrived while the reader was scrolled down
+  // Seq of the oldest unpinned entry loaded; 0 when nothing older can exist.
+  let oldestLoaded = Number(main.dataset.before) || 0;
+
+  for (const time of list.querySelectorAll("time[datetime]")) localizeTime(time);
+  olderButton.hidden = oldestLoaded <= 1;
+
+  const feed = subscribe(feedName, {
+    since: Number(main.dataset.headSeq),
+    epoch: main.dataset.epoch || undefined,
+  });
+
+  feed.on("status", ({ status: state, transport }) => {
+    status.hidden = false;
+    status.dataset.status = state;
+    status.dataset.transport = transport;
+    status.querySelector(".lp-status-text").textContent =
+      state === "live" ? `Live · ${TRANSPORT_TEXT[transport]}` : STATUS_TEXT[state] ?? state;
+  });
+  feed.on("created", ({ entry }) => place(entry, true));
+  feed.on("updated", ({ entry }) => place(entry, false));
+  feed.on("deleted", ({ id }) => remove(id));
+  feed.on("reset", (snapshot) => {
+    // History was lost or we were gone too long: the snapshot replaces everything.
+    main.dataset.epoch = snapshot.epoch;
+    pending.clear();
+    list.replaceChildren(...sorted(snapshot.entries).map(entryElement));
+    oldestLoaded = oldestUnpinned(snapshot.entries);
+    olderButton.hidden = oldestLoaded <= 1;
+    refresh();
+  });
+
+  function findEntry(id) {
+    return list.querySelector(`article[data-id="${CSS.escape(id)}"]`);
+  }
+
+  // Put an entry (new or corrected) at its place: pinned first, then newest first.
+  function place(entry, isNew) {
+    const old = findEntry(entry.id);
+    const inView = entry.pinned || oldestLoaded === 0 || entry.seq >= oldestLoaded;
+    if (!old && !isNew && !inView) return; // a correction to an entry not loaded yet
+    const element = entryElement(entry);
+    if (old) {
+      element.hidden = old.hidden;
+      old.replaceWith(element);
+      if (pending.delete(old)) pending.add(element);
+    }
+    if (!inView) {
+      element.remove(); // unpinned and older than what is loaded: "Load older" brings it
+    } else if (old) {
+      insertSorted(element); // pinning may have moved it
+    } else if (readerScrolledDown()) {
+      // Inserting above the reader would shift the text they are reading: hold it back.
+      element.hidden = true;
+      pending.add(element);
+      insertSorted(element);
+    } else {
+      element.classList.add("is-fresh");
+      insertSorted(element);
+    }
+    refresh();
+  }
+
+  function remove(id) {
+    const element = findEntry(id);
+    if (!element) return;
+    pending.delete(element);
+    element.remove();
+    refresh();
+  }
+
+  function insertSorted(element) {
+    const key = sortKey(element.dataset);
+    for (const other of list.children) {
+      if (other !== element && compareKeys(key, sortKey(other.dataset)) < 0) {
+        list.insertBefore(element, other);
+        return;
+      }
+    }
+    list.append(element);
+  }
+
+  function refresh() {
+    empty.hidden = list.querySelector("article:not([hidden])") !== null;
+    newBar.hidden = pending.size === 0;
+    newBar.textContent = pending.size === 1 ? "1 new entry" : `${pending.size} new entries`;
+  }
+
+  function reveal() {
+    for (const element of pending) {
+      element.hidden = false;
+      element.classList.add("is-fresh");
+    }
+    pending.clear();
+    refresh();
+  }
+
+  function readerScrolledDown() {
+    return list.getBoundingClientRect().top < 0;
+  }
+
+  newBar.addEventListener("click", () => {
+    reveal();
+    main.scrollIntoView({ behavior: "smooth", block: "start" });
+  });
+  addEventListener("scroll", () => { if (pending.size && !readerScrolledDown()) reveal(); }, { passive: true });
+
+  olderButton.addEventListener("click", async () => {
+    olderButton.disabled = true;
+    olderButton.textContent = "Loading…";
+    try {
+      const url = `/v1/feeds/${encodeURIComponent(feedName)}/snapshot?before=${oldestLoaded}&limit=${OLDER_PAGE}`;
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const page = await response.json();
+      // The page may repeat pinned entries (the snapshot always holds them): skip those.
+      const older = page.entries.filter((e) => !e.pinned && e.seq < oldestLoaded && !findEntry(e.id));
+      for (const entry of sorted(older)) list.append(entryElement(entry));
+      oldestLoaded = older.length ? oldestUnpinned(older) : oldestLoaded;
+      // A short page is the end (and so is an empty one, should the server count pinned
+      // entries in the limit); seq 1 has nothing before it.
+      olderButton.hidden = page.entries.length < OLDER_PAGE || !older.length || oldestLoaded <= 1;
+      olderButton.textContent = "Load older entries";
+    } catch {
+      olderButton.textContent = "Could not load older entries. Try again";
+    }
+    olderButton.disabled = false;
+    refresh();
+  });
+
+  refresh();
+  return feed;
+}
+
+// One entry as an <article>; the same markup as render_entry() in pages.py.
+export function entryElement(entry) {
+  const article = element("article", entry.pinned ? "lp-entry is-pinned" : "lp-entry");
+  article.id = `entry-${entry.id}`;
+  article.dataset.id = entry.id;
+  article.dataset.seq = entry.seq;
+  article.dataset.pinned = String(Boolean(entry.pinned));
+  const meta = element("header", "lp-entry-meta");
+  if (entry.pinned) meta.append(element("span", "lp-pin", "Pinned"));
+  meta.append(timeElement(entry.published_at, "lp-time"));
+  if (entry.updated_at && entry.updated_at !== entry.published_at) {
+    const updated = element("span", "lp-updated", "Updated ");
+    updated.append(timeElement(entry.updated_at));
+    meta.append(updated);
+  }
+  if (entry.author) meta.append(element("span", "lp-author", entry.author));
+  article.append(meta);
+  if (entry.title) article.append(element("h2", "lp-title", entry.title));
+  const body = element("div", "lp-body");
+  for (const text of paragraphs(entry.body ?? "")) body.append(element("p", null, text));
+  article.append(body);
+  return article;
+}
+
+// Paragraphs split on blank lines; single newlines stay (white-space: pre-line).
+function paragraphs(body) {
+  const text = body.replace(/\r\n?/g, "\n").trim();
+  return text ? text.split(/\n\s*\n/).map((p) => p.trim()) : [];
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function timeElement(iso, className) {
+  const time = element("time", className);
+  time.dateTime = iso ?? "";
+  localizeTime(time);
+  return time;
+}
+
+// The server renders times in UTC; the reader wants their own clock.
+function localizeTime(time) {
+  const moment = new Date(time.dateTime);
+  if (Number.isNaN(moment.getTime())) return;
+  time.textContent = clock.format(moment);
+  time.title = fullDate.format(moment);
+}
+
+function sortKey({ pinned, seq }) {
+  return [pinned === "true" || pinned === true ? 0 : 1, -Number(seq)];
+}
+
+function compareKeys([pinA, seqA], [pinB, seqB]) {
+  return pinA - pinB || seqA - seqB;
+}
+
+function sorted(entries) {
+  return [...entries].sort((a, b) => compareKeys(sortKey(a), sortKey(b)));
+}
+
+function oldestUnpinned(entries) {
+  const seqs = entries.filter((e) => !e.pinned).map((e) => e.seq);
+  return seqs.length ? Math.min(...seqs) : 0;
+}
