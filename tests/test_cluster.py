@@ -1,0 +1,53 @@
+"""Several livepush processes on one Redis behave as one server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+
+from tests.support import Client, RedisServer, Server, apost
+
+FEED = "trial"
+
+
+async def test_a_subscriber_on_node_b_receives_what_was_posted_to_node_a(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    node_a, node_b = start_server(redis_server.url), start_server(redis_server.url)
+    client = await Client.connect(node_b.ws_url)
+    assert (await client.subscribe(FEED))["type"] == "subscribed"
+    async with httpx.AsyncClient() as http:
+        response = await apost(http, node_a, FEED, {"title": "CONVICTION", "body": "Guilty."})
+    assert response.status_code == 201
+    event = await client.recv()
+    assert event["type"] == "entry.created"
+    assert event["entry"] == response.json()
+    await client.close()
+
+
+async def test_four_publishers_on_two_nodes_give_seqs_1_to_400_seen_by_all_in_order(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    nodes = [start_server(redis_server.url), start_server(redis_server.url)]
+    clients = [await Client.connect(nodes[i % 2].ws_url) for i in range(8)]
+    for client in clients:
+        assert (await client.subscribe(FEED))["type"] == "subscribed"
+
+    async def publisher(node: Server, number: int) -> list[int]:
+        async with httpx.AsyncClient() as http:
+            seqs = []
+            for i in range(100):
+                entry = {"title": f"P{number}", "body": f"entry {i} of publisher {number}"}
+                response = await apost(http, node, FEED, entry)
+                assert response.status_code == 201
+                seqs.append(response.json()["seq"])
+            return seqs
+
+    results = await asyncio.gather(*(publisher(nodes[i % 2], i) for i in range(4)))
+    assert sorted(seq for seqs in results for seq in seqs) == list(range(1, 401))
+    for client in clients:
+        assert await client.collect_until(FEED, 400) == list(range(1, 401))
+    for client in clients:
+        await client.close()

@@ -1,0 +1,120 @@
+"""Redis goes away and comes back: no accepted entry is lost, and no gap goes untold."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.support import Client, RedisServer, Server, apost, wait_until
+
+FEED = "outage"
+
+
+async def test_a_publish_while_redis_is_down_gets_503_quickly_and_readyz_says_not_ready(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(redis_server.url)
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(server.base_url + "/readyz")).status_code == 200
+        redis_server.stop()
+        started = time.monotonic()
+        response = await apost(http, server, FEED, {"body": "lost?"})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "broker_unavailable"
+        assert time.monotonic() - started < 10  # "within seconds": a bound, not a benchmark
+        readyz = await http.get(server.base_url + "/readyz")
+        assert readyz.status_code == 503
+
+
+async def test_redis_restart_with_persistence_loses_no_accepted_entry(
+    persistent_redis: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    nodes = [start_server(persistent_redis.url), start_server(persistent_redis.url)]
+    clients = [await Client.connect(nodes[i % 2].ws_url) for i in range(4)]
+    epochs = {(await client.subscribe(FEED))["epoch"] for client in clients}
+    assert len(epochs) == 1
+    accepted: list[int] = []
+
+    async def publish(count: int) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(count):
+                # A publisher retries with its Idempotency-Key until it gets a 2xx.
+                for _attempt in range(200):
+                    try:
+                        response = await http.post(
+                            f"{nodes[i % 2].base_url}/v1/feeds/{FEED}/entries",
+                            json={"body": f"entry {i}"},
+                            headers={**nodes[0].headers(), "Idempotency-Key": f"k{i}"},
+                        )
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code == 201:
+                        accepted.append(response.json()["seq"])
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.005)
+
+    publishing = asyncio.create_task(publish(120))
+    await asyncio.to_thread(wait_until, lambda: len(accepted) >= 30, 30, "30 accepted")
+    persistent_redis.stop()
+    await asyncio.sleep(0.5)
+    persistent_redis.start()
+    await publishing
+    assert sorted(accepted) == list(range(1, 121))
+    for client in clients:
+        assert await client.collect_until(FEED, 120, timeout=30) == list(range(1, 121))
+        assert not [m for m in client.messages if m["type"] == "reset"]
+        await client.close()
+
+
+async def test_redis_restart_without_persistence_sends_reset_with_a_new_epoch(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(redis_server.url)
+    client = await Client.connect(server.ws_url)
+    subscribed = await client.subscribe(FEED)
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(3):
+            assert (await apost(http, server, FEED, {"body": f"before {i}"})).status_code == 201
+    await client.collect_until(FEED, 3)
+    redis_server.stop()
+    redis_server.start()
+    reset = await client.recv_type("reset", timeout=30)
+    assert reset["epoch"] != subscribed["epoch"]
+    assert reset["feed"] == FEED
+    # The client starts over from the new life's snapshot position and continues.
+    again = await client.subscribe(FEED, since=reset["head_seq"], epoch=reset["epoch"])
+    assert again["type"] == "subscribed"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await apost(http, server, FEED, {"body": "after"})
+    seq = response.json()["seq"]
+    event = await client.recv_type("entry.created")
+    assert event["seq"] == seq
+    await client.close()
+
+
+async def test_resuming_with_the_old_epoch_after_history_was_lost_gets_reset(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(redis_server.url)
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(3):
+            await apost(http, server, FEED, {"body": f"before {i}"})
+        old = (await http.get(f"{server.base_url}/v1/feeds/{FEED}")).json()
+        redis_server.stop()
+        redis_server.start()
+        # Another life of the feed reaches seq 3 again: it must never pass for the old one.
+        for i in range(3):
+            for _ in range(100):
+                response = await apost(http, server, FEED, {"body": f"after {i}"})
+                if response.status_code == 201:
+                    break
+                await asyncio.sleep(0.05)
+    client = await Client.connect(server.ws_url)
+    reset = await client.subscribe(FEED, since=old["head_seq"], epoch=old["epoch"])
+    assert reset["type"] == "reset"
+    assert reset["epoch"] != old["epoch"]
+    await client.close()
