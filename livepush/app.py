@@ -115,8 +115,11 @@ async def static_file(request: Request) -> Response:
 
 
 async def client_js(request: Request) -> Response:
-    return Response(_static("livepush.js"), media_type="text/javascript",
-                    headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
+    return Response(
+        _static("livepush.js"),
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"},
+    )
 
 
 async def reader_page(request: Request) -> Response:

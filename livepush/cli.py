@@ -42,11 +42,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", help="Redis URL; none: the in-process broker")
     serve.add_argument("--workers", type=int, help="worker processes (Redis only; default 1)")
     serve.add_argument(
-        "--publish-token", dest="publish_tokens", action="append",
+        "--publish-token",
+        dest="publish_tokens",
+        action="append",
         help="a publisher token (repeatable); overrides LIVEPUSH_PUBLISH_TOKENS",
     )
     serve.add_argument(
-        "--allowed-origin", dest="allowed_origins", action="append",
+        "--allowed-origin",
+        dest="allowed_origins",
+        action="append",
         help="an Origin allowed to subscribe (repeatable); default: any",
     )
     serve.add_argument("--history-size", type=int, help="events kept per feed (default 1000)")
@@ -54,8 +58,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--ping-interval", type=float, help="server ping seconds (default 20)")
     serve.add_argument("--publish-rate", type=float, help="publishes/s per token; 0: no limit")
     serve.add_argument("--drain-seconds", type=float, help="SIGTERM grace period (default 10)")
-    serve.add_argument("--no-demo", dest="demo", action="store_false", default=None,
-                       help="do not seed the demo feed")
+    serve.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        default=None,
+        help="do not seed the demo feed",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return root
 

@@ -88,7 +88,9 @@ ENV: dict[str, tuple[str, Any]] = {
 }
 
 
-def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Build validated Settings: defaults, then LIVEPUSH_* variables, then flags that are set."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -99,7 +101,11 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             except ValueError as error:
                 raise ConfigError(f"{name}: {error}") from None
     known = {f.name for f in fields(Settings)}
-    for attr, value in (flags or {}).items():
-        if value is not None and attr in known:
-            values[attr] = value
+    values.update(
+        {
+            attr: value
+            for attr, value in (flags or {}).items()
+            if value is not None and attr in known
+        }
+    )
     return replace(Settings(), **values).validate()

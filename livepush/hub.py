@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -179,14 +179,24 @@ class Hub:
             return False
         sub.conn.send(
             "subscribed",
-            {"type": "subscribed", "feed": state.name, "epoch": state.epoch, "head_seq": state.head},
+            {
+                "type": "subscribed",
+                "feed": state.name,
+                "epoch": state.epoch,
+                "head_seq": state.head,
+            },
         )
         sub.last_seq = since
         self._go_live(state, sub, events)
         return True
 
     def _join_from_history(
-        self, state: _Feed, sub: Subscription, since: int | None, epoch: str | None, history: History
+        self,
+        state: _Feed,
+        sub: Subscription,
+        since: int | None,
+        epoch: str | None,
+        history: History,
     ) -> bool:
         """Join from a broker history read; False if it must be read again."""
         if history.epoch != state.epoch:
@@ -470,8 +480,8 @@ class Hub:
 
     # Life cycle
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

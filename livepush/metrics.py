@@ -29,18 +29,26 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily(
             "livepush_subscriptions", "Live feed subscriptions on this node", hub.subscriptions()
         )
-        yield GaugeMetricFamily("livepush_feeds_watched", "Feeds this node receives", len(hub.feeds))
-        yield CounterMetricFamily(
-            "livepush_events_accepted", "Events accepted by this node's ingest API", runtime.published
+        yield GaugeMetricFamily(
+            "livepush_feeds_watched", "Feeds this node receives", len(hub.feeds)
         )
         yield CounterMetricFamily(
-            "livepush_events_received", "Events this node received from the broker", hub.events_received
+            "livepush_events_accepted",
+            "Events accepted by this node's ingest API",
+            runtime.published,
+        )
+        yield CounterMetricFamily(
+            "livepush_events_received",
+            "Events this node received from the broker",
+            hub.events_received,
         )
         yield CounterMetricFamily(
             "livepush_deliveries", "Events written to subscribers", hub.deliveries
         )
         yield CounterMetricFamily(
-            "livepush_slow_subscribers_closed", "Subscribers cut off as too slow (1013)", hub.slow_closed
+            "livepush_slow_subscribers_closed",
+            "Subscribers cut off as too slow (1013)",
+            hub.slow_closed,
         )
         yield CounterMetricFamily("livepush_resets", "reset messages sent", hub.resets)
 

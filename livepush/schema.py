@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
-from pydantic import field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from livepush.errors import InvalidEntry
 
@@ -80,7 +87,9 @@ def parse_patch(raw: object) -> dict[str, Any]:
         _Patch.model_validate(data)
     except ValidationError as error:
         raise InvalidEntry("the correction is not valid", fields=_fields_of(error)) from None
-    bad = {name: "cannot be null" for name in ("body", "pinned") if name in data and data[name] is None}
+    bad: dict[str, str] = {
+        name: "cannot be null" for name in ("body", "pinned") if name in data and data[name] is None
+    }
     if bad:
         raise InvalidEntry("the correction is not valid", fields=bad)
     if not data:

@@ -34,7 +34,9 @@ def join_entry(parts: tuple[bytes, ...], seq: int) -> bytes:
     return str(seq).encode().join(parts)
 
 
-def event_payload(kind: EventType, feed: str, seq: int, entry: bytes | None, entry_id: str) -> bytes:
+def event_payload(
+    kind: EventType, feed: str, seq: int, entry: bytes | None, entry_id: str
+) -> bytes:
     """The JSON of one event as every subscriber receives it (SPEC "Server → client").
 
     `feed` and `entry_id` are safe to splice unquoted-escaped: feed names match the

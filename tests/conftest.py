@@ -45,7 +45,9 @@ def server(start_server: Callable[..., Server]) -> Server:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def any_server(request: pytest.FixtureRequest, start_server: Callable[..., Server]) -> Iterator[Server]:
+def any_server(
+    request: pytest.FixtureRequest, start_server: Callable[..., Server]
+) -> Iterator[Server]:
     """A livepush server on each broker: embedded, then on a real redis-server."""
     if request.param == "memory":
         yield start_server()

@@ -51,7 +51,11 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (./dev test installs it)"
         args = [binary, "--port", str(self.port), "--bind", HOST, "--dir", self.dir, "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persist
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping, what="redis-server to answer")
         return self
@@ -96,7 +100,9 @@ class Server:
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(args + (extra or []), env=env, stdout=log, stderr=log)
-        wait_until(self.healthy, 20, what=f"livepush on {self.port}: {self.log.read_text()[-2000:]}")
+        wait_until(
+            self.healthy, 20, what=f"livepush on {self.port}: {self.log.read_text()[-2000:]}"
+        )
         return self
 
     def healthy(self) -> bool:

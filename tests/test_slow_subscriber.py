@@ -27,7 +27,8 @@ def stalled_subscriber(server: Server) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET /v1/ws?feed={FEED} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     response = b""
     while b"\r\n\r\n" not in response:

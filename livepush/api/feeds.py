@@ -54,13 +54,16 @@ async def feed_history(request: Request) -> Response:
     """
     runtime = request.app.state.runtime
     feed = feed_of(request)
-    since = int_param(request, "since", 0, 0, 2**53)
-    limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX)
-    assert since is not None and limit is not None
+    since = int_param(request, "since", 0, 0, 2**53) or 0
+    limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX) or HISTORY_LIMIT
     history = await runtime.broker.history(feed, since, limit)
     head = orjson.dumps(
-        {"feed": feed, "epoch": history.epoch, "head_seq": history.head_seq,
-         "first_seq": history.first_seq}
+        {
+            "feed": feed,
+            "epoch": history.epoch,
+            "head_seq": history.head_seq,
+            "first_seq": history.first_seq,
+        }
     )
     events = b",".join(event.payload for event in history.events)
     return _json(head[:-1] + b',"events":[' + events + b"]}")
@@ -77,9 +80,8 @@ async def feed_snapshot(request: Request) -> Response:
     """`GET /v1/feeds/{feed}/snapshot?limit=M&before=S`: the feed as a reader sees it."""
     runtime = request.app.state.runtime
     feed = feed_of(request)
-    limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX)
+    limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX) or SNAPSHOT_LIMIT
     before = int_param(request, "before", None, 1, 2**53)
-    assert limit is not None
     snapshot = await runtime.broker.snapshot(feed, limit, before)
     return _json(snapshot_body(snapshot))
 

@@ -10,8 +10,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from livepush.errors import BadJSON, Conflict, InvalidEntry, NotFound, TooLarge
-from livepush.errors import UnsupportedMediaType
+from livepush.errors import (
+    BadJSON,
+    Conflict,
+    InvalidEntry,
+    NotFound,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from livepush.model import Change, EventType, is_feed_name
 from livepush.schema import parse_new_entry, parse_patch
 from livepush.wire import entry_template

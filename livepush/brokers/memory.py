@@ -8,8 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from livepush.brokers.base import IDEMPOTENCY_TTL, Listener, Receipt, new_epoch
-from livepush.errors import NotFound
-from livepush.errors import Conflict
+from livepush.errors import Conflict, NotFound
 from livepush.history import Ring
 from livepush.model import (
     Change,
@@ -122,9 +121,7 @@ class MemoryBroker:
     async def history(self, feed: str, since: int, limit: int) -> History:
         state = self._feed(feed)
         events = state.history.after(since, state.head, limit) or []
-        return History(
-            state.epoch, state.head, state.history.first_seq(state.head), tuple(events)
-        )
+        return History(state.epoch, state.head, state.history.first_seq(state.head), tuple(events))
 
     async def snapshot(self, feed: str, limit: int, before: int | None) -> Snapshot:
         state = self._feed(feed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from importlib import resources
@@ -204,10 +205,9 @@ class RedisBroker:
         self._channels.pop(channel, None)
         self._confirmed.pop(channel, None)
         if self._pubsub is not None and self.connected.is_set():
-            try:
+            # On failure, the reconnect subscribes only to the channels still watched.
+            with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
-            except (RedisError, OSError):
-                pass  # the reconnect subscribes only to the channels still watched
 
     async def _listen(self) -> None:
         delay = RECONNECT_MIN
@@ -217,17 +217,17 @@ class RedisBroker:
                 delay = RECONNECT_MIN
                 await self._read()
             except (RedisError, OSError) as error:
-                log.warning("Redis pub/sub connection lost (%s); reconnecting in %.2fs", error, delay)
+                log.warning(
+                    "Redis pub/sub connection lost (%s); reconnecting in %.2fs", error, delay
+                )
             self.connected.clear()
             for future in self._confirmed.values():
                 if not future.done():
                     future.set_result(None)  # watchers return; the resync covers them
             self._confirmed.clear()
             if self._pubsub is not None:
-                try:
-                    await self._pubsub.aclose()
-                except (RedisError, OSError):
-                    pass
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
                 self._pubsub = None
             # Full jitter: a whole fleet of nodes must not reconnect in lockstep.
             await asyncio.sleep(random.uniform(0, delay))
@@ -253,9 +253,9 @@ class RedisBroker:
             self._listener.resync()
 
     async def _read(self) -> None:
-        pubsub = self._pubsub
-        assert pubsub is not None and self._listener is not None
-        listener = self._listener
+        pubsub, listener = self._pubsub, self._listener
+        assert pubsub is not None
+        assert listener is not None
         while True:
             message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
             if message is None:
@@ -280,11 +280,9 @@ class RedisBroker:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
         await self._pubsub_redis.aclose()

@@ -116,7 +116,9 @@ class EventStream:
                 sub = await self.hub.subscribe(conn, self.feed, self.since, self.epoch)
             except BrokerUnavailable:
                 message = "the broker is unavailable; retry shortly"
-                conn.send("error", {"type": "error", "code": "broker_unavailable", "message": message})
+                conn.send(
+                    "error", {"type": "error", "code": "broker_unavailable", "message": message}
+                )
                 conn.close(CloseCode.SERVICE_RESTART)
             disconnected = asyncio.ensure_future(_disconnect(receive))
             await asyncio.wait([disconnected, conn.closed], return_when=asyncio.FIRST_COMPLETED)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from websockets.http11 import Request
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 SOCKET_EXTENSION = "livepush.socket"
 TRANSPORT_EXTENSION = "livepush.transport"

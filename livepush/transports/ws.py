@@ -156,7 +156,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=CloseCode.INTERNAL_ERROR)
         return
     await websocket.accept()
-    session = Session(WsConnection(protocol), runtime.hub, runtime.settings.max_feeds_per_connection)
+    session = Session(
+        WsConnection(protocol), runtime.hub, runtime.settings.max_feeds_per_connection
+    )
     runtime.ws_connections += 1
     try:
         feed = websocket.query_params.get("feed")
