@@ -162,6 +162,32 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def tree_cpu_exact(pid: int) -> float | None:
+    """On-CPU seconds of a process tree from /proc/*/task/*/schedstat (nanoseconds).
+
+    psutil's cpu_times tick at 10 ms, too coarse for a short window; schedstat counts
+    every thread's run time exactly but does not split user from system.
+    """
+    total_ns = 0
+    for proc in process_tree(pid):
+        try:
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                total_ns += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    return total_ns / 1e9
+
+
+def busy_seconds(before: list[Any], after: list[Any]) -> float:
+    """Busy CPU seconds of the whole machine between two per-core readings."""
+    return float(
+        sum(
+            (sum(a) - a.idle - a.iowait) - (sum(b) - b.idle - b.iowait)
+            for b, a in zip(before, after, strict=True)
+        )
+    )
+
+
 def core_busy(before: list[Any], after: list[Any]) -> list[float]:
     """Per-core busy share between two psutil.cpu_times(percpu=True) readings.
 
@@ -556,6 +582,9 @@ class Window:
     system_share: float  # of cpu_seconds spent in the kernel (on loopback: both TCP ends)
     wall_seconds: float
     core_busy: list[float]  # per core, the whole machine: server core 0, load core 1
+    # Busy time not charged to this run's processes: other work on the machine, or
+    # softirq time charged to no one. Above a few % the run was not alone.
+    unaccounted_cpu_pct: float
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -707,6 +736,8 @@ async def measure_window(
     for lg in group:
         await lg.send("reset")
     user_before, system_before = tree_cpu_seconds(server.pid)
+    exact_before = tree_cpu_exact(server.pid)
+    ours_before = sum(tree_cpu_seconds(os.getpid()))
     cores_before = psutil.cpu_times(percpu=True)
     started = time.monotonic()
     published = await publish_paced(publisher, rate, count, body, args.publishers)
@@ -715,8 +746,15 @@ async def measure_window(
         await lg.send(f"report {published.first} {published.last} {drain_ms}")
     reports = await asyncio.gather(*(lg.expect("report", args.drain + 30) for lg in group))
     user_after, system_after = tree_cpu_seconds(server.pid)
-    cores = core_busy(cores_before, psutil.cpu_times(percpu=True))
+    exact_after = tree_cpu_exact(server.pid)
+    cores_after = psutil.cpu_times(percpu=True)
+    ours = sum(tree_cpu_seconds(os.getpid())) - ours_before
     user, system = user_after - user_before, system_after - system_before
+    exact = (
+        exact_after - exact_before
+        if exact_before is not None and exact_after is not None
+        else user + system
+    )
     wall = time.monotonic() - started
     if not published.contiguous():
         print(
@@ -739,10 +777,11 @@ async def measure_window(
         dups=sum(r["dups"] for r in reports),
         gaps=sum(r["gaps"] for r in reports),
         closed=sum(r["closed"] for r in reports),
-        cpu_seconds=user + system,
+        cpu_seconds=exact,
         system_share=system / (user + system) if user + system else 0.0,
         wall_seconds=wall,
-        core_busy=cores,
+        core_busy=core_busy(cores_before, cores_after),
+        unaccounted_cpu_pct=(busy_seconds(cores_before, cores_after) - ours) / wall * 100,
         p50_ms=percentile_ms(hist, 0.50),
         p99_ms=percentile_ms(hist, 0.99),
         max_ms=max((r["latency_ms"]["max"] for r in reports), default=0.0),
@@ -766,9 +805,28 @@ def max_rate_stop_reason(step: Window, base: Window, args: argparse.Namespace) -
     return ""
 
 
+async def wait_for_quiet(max_busy: float, within: float) -> float:
+    """Wait (at most `within` s) until the machine's other work is under `max_busy`.
+
+    Only redis-server of this run is alive between servers, so the busy share then is
+    someone else's. Returns the last share seen; a run that gave up says so.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        before = psutil.cpu_times(percpu=True)
+        await asyncio.sleep(1)
+        busy = busy_seconds(before, psutil.cpu_times(percpu=True)) / len(before)
+        if busy <= max_busy or time.monotonic() >= deadline:
+            return busy
+
+
 async def run_variant(variant: Variant, redis_port: int, args: argparse.Namespace) -> Result:
     result = Result(variant)
     print(f"== {variant.label}", file=sys.stderr, flush=True)
+    if args.quiet_wait:
+        busy = await wait_for_quiet(0.05, args.quiet_wait)
+        note = "" if busy <= 0.05 else " (gave up waiting: numbers are contaminated)"
+        print(f"  machine busy before start: {busy:.0%}{note}", file=sys.stderr, flush=True)
     if args.memory_conns:
         result.kib_per_conn, result.memory_conns = await measure_memory(variant, redis_port, args)
         print(
@@ -849,6 +907,7 @@ def describe(w: Window) -> str:
         f"max {w.max_ms:.1f} ms lost {w.lost} dups {w.dups} gaps {w.gaps} "
         f"loadgen {w.loadgen_cpu_pct:.0f} % cores busy "
         + " ".join(f"{share:.0%}" for share in w.core_busy)
+        + f" unaccounted {w.unaccounted_cpu_pct:.0f} %"
     )
 
 
@@ -867,9 +926,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     )
     print(
         "| server | deliveries/s | CPU/delivery µs | ratio to floor | p50 ms | p99 ms | max ms "
-        f"| KiB/conn | connect {args.subscribers // 1000}k s | lost | loadgen CPU % |"
+        f"| KiB/conn | connect {args.subscribers / 1000:g}k s | lost | loadgen CPU % "
+        "| unaccounted CPU % |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         w = r.window
         if w is None:
@@ -880,7 +940,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             f"| {r.variant.label} | {w.deliveries_per_s:,.0f} | {w.cpu_us:.2f} | "
             f"{fmt(ratio, '.2f')}x | {w.p50_ms:.1f} | {w.p99_ms:.1f} | {w.max_ms:.1f} | "
             f"{fmt(r.kib_per_conn, '.2f')} | {fmt(r.connect_seconds, '.3f')} | {w.lost} | "
-            f"{w.loadgen_cpu_pct:.0f} |"
+            f"{w.loadgen_cpu_pct:.0f} | {w.unaccounted_cpu_pct:.0f} |"
         )
     if args.max_rate:
         print(
@@ -1083,6 +1143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-rate-p99-factor", type=float, default=2.0)
     p.add_argument("--step-duration", type=float, default=5)
     p.add_argument("--deadline", type=float, default=1800, help="hard limit on the whole run, s")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        help="seconds to wait, before each server, for other work on the machine to stop",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.subscribers < 1 or args.rate <= 0 or args.duration <= 0 or args.max_rate_step <= 1:
