@@ -1,0 +1,141 @@
+"""Server-Sent Events: the same events, ids of `<epoch>:<seq>`, resume by Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import orjson
+
+from tests.support import HOST, RedisServer, Server, apost, wait_until
+from tests.test_slow_subscriber import BODY, metric
+
+FEED = "sse"
+
+
+async def sse_blocks(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """Parse an event stream into blocks of fields (comments as a `comment` field)."""
+    block: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if block:
+                yield block
+            block = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            block[name] = value.removeprefix(" ")
+
+
+async def read_events(
+    server: Server, count: int, *, headers: dict[str, str] | None = None, query: str = ""
+) -> list[dict[str, str]]:
+    blocks: list[dict[str, str]] = []
+    url = f"{server.base_url}/v1/feeds/{FEED}/events{query}"
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream("GET", url, headers=headers or {}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for block in sse_blocks(response):
+            if "comment" not in block:
+                blocks.append(block)
+            if len(blocks) >= count:
+                break
+    return blocks
+
+
+async def _publish(server: Server, count: int) -> list[dict[str, object]]:
+    async with httpx.AsyncClient() as http:
+        return [(await apost(http, server, FEED, {"body": f"e{i}"})).json() for i in range(count)]
+
+
+async def test_events_carry_epoch_seq_ids_and_the_websocket_json(any_server: Server) -> None:
+    entries = await _publish(any_server, 3)
+    blocks = await read_events(any_server, 3, query="?since=1")
+    assert blocks[0]["event"] == "subscribed"
+    subscribed = orjson.loads(blocks[0]["data"])
+    assert subscribed["head_seq"] == 3
+    assert [b["id"] for b in blocks[1:]] == [f"{subscribed['epoch']}:2", f"{subscribed['epoch']}:3"]
+    assert [b["event"] for b in blocks[1:]] == ["entry.created", "entry.created"]
+    assert orjson.loads(blocks[2]["data"])["entry"] == entries[2]
+
+
+async def test_last_event_id_resumes_after_that_event(any_server: Server) -> None:
+    await _publish(any_server, 3)
+    epoch = httpx.get(f"{any_server.base_url}/v1/feeds/{FEED}").json()["epoch"]
+    blocks = await read_events(any_server, 3, headers={"Last-Event-ID": f"{epoch}:1"})
+    assert blocks[0]["event"] == "subscribed"
+    assert [b["id"] for b in blocks[1:]] == [f"{epoch}:2", f"{epoch}:3"]
+
+
+async def test_a_bare_seq_in_last_event_id_is_trusted(any_server: Server) -> None:
+    await _publish(any_server, 4)
+    blocks = await read_events(any_server, 3, headers={"Last-Event-ID": "2"})
+    assert [orjson.loads(b["data"])["seq"] for b in blocks[1:]] == [3, 4]
+
+
+async def test_another_epoch_gets_event_reset_and_the_stream_continues(any_server: Server) -> None:
+    await _publish(any_server, 2)
+    url = f"{any_server.base_url}/v1/feeds/{FEED}/events?since=1&epoch=not-this-one"
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream("GET", url) as response,
+    ):
+        blocks = (block async for block in sse_blocks(response) if "comment" not in block)
+        reset = await anext(blocks)
+        assert reset["event"] == "reset"
+        assert orjson.loads(reset["data"])["head_seq"] == 2
+        await _publish(any_server, 1)
+        while True:
+            block = await anext(blocks)
+            if block.get("event") == "entry.created":
+                break
+        assert orjson.loads(block["data"])["seq"] == 3
+
+
+async def test_idle_streams_get_keep_alive_comments(start_server: Callable[..., Server]) -> None:
+    server = start_server(LIVEPUSH_SSE_KEEPALIVE="0.2")
+    url = f"{server.base_url}/v1/feeds/{FEED}/events"
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream("GET", url) as response,
+    ):
+        comments = [b async for b in _take(sse_blocks(response), 4) if "comment" in b]
+    assert "keep-alive" in [c["comment"] for c in comments]
+
+
+async def _take(blocks: AsyncIterator[dict[str, str]], count: int) -> AsyncIterator[dict[str, str]]:
+    for _ in range(count):
+        yield await anext(blocks)
+
+
+def test_a_bad_since_is_a_400_with_a_json_error(server: Server) -> None:
+    response = httpx.get(f"{server.base_url}/v1/feeds/{FEED}/events?since=-3")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_since"
+
+
+async def test_an_sse_reader_that_stops_reading_is_cut_off(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(redis_server.url, LIVEPUSH_MAX_BUFFER="65536")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, server.port))
+    sock.sendall(f"GET /v1/feeds/{FEED}/events HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    await asyncio.to_thread(
+        wait_until, lambda: metric(server, "livepush_subscriptions") == 1, 10, "subscribed"
+    )
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(400):  # bounded: loopback buffers hold several MB
+            await apost(http, server, FEED, {"title": str(i), "body": BODY})
+            if metric(server, "livepush_slow_subscribers_closed_total") == 1:
+                break
+    assert metric(server, "livepush_slow_subscribers_closed_total") == 1
+    assert metric(server, "livepush_subscriptions") == 0
+    sock.close()
