@@ -104,9 +104,10 @@ async def test_subscriptions_from_an_origin_not_allowed_are_refused(
     with pytest.raises(websockets.InvalidStatus) as refused:
         await Client.connect(server.ws_url, origin="https://evil.example")
     assert refused.value.response.status_code == 403
-    sse = httpx.get(
-        f"{server.base_url}/v1/feeds/{FEED}/events", headers={"Origin": "https://evil.example"}
-    )
+    async with httpx.AsyncClient() as http:
+        sse = await http.get(
+            f"{server.base_url}/v1/feeds/{FEED}/events", headers={"Origin": "https://evil.example"}
+        )
     assert sse.status_code == 403
     assert sse.json()["error"]["code"] == "forbidden"
 

@@ -67,7 +67,8 @@ async def test_events_carry_epoch_seq_ids_and_the_websocket_json(any_server: Ser
 
 async def test_last_event_id_resumes_after_that_event(any_server: Server) -> None:
     await _publish(any_server, 3)
-    epoch = httpx.get(f"{any_server.base_url}/v1/feeds/{FEED}").json()["epoch"]
+    async with httpx.AsyncClient() as http:
+        epoch = (await http.get(f"{any_server.base_url}/v1/feeds/{FEED}")).json()["epoch"]
     blocks = await read_events(any_server, 3, headers={"Last-Event-ID": f"{epoch}:1"})
     assert blocks[0]["event"] == "subscribed"
     assert [b["id"] for b in blocks[1:]] == [f"{epoch}:2", f"{epoch}:3"]
