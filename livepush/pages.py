@@ -23,19 +23,23 @@ _ASSET_VERSION_MARK = "__ASSET_VERSION__"
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
-def render_reader(feed: str, snapshot: dict[str, object], *, asset_version: str) -> str:
+def render_reader(
+    feed: str, snapshot: dict[str, object], *, asset_version: str, limit: int = 50
+) -> str:
     """The reader page for a feed's snapshot, readable before (and without) JavaScript.
 
-    `snapshot` is the SPEC snapshot body decoded. The page hands `epoch` and `head_seq`
-    to the client on `<main>`, so it subscribes exactly where the snapshot ends.
+    `snapshot` is the SPEC snapshot body decoded, asked for with `limit`. The page hands
+    `epoch` and `head_seq` to the client on `<main>`, so it subscribes exactly where the
+    snapshot ends.
     """
     entries = sorted(_entries(snapshot.get("entries")), key=_reader_order)
     epoch = _text(snapshot, "epoch")
     head_seq = _int(snapshot, "head_seq") or 0
     # "Load older" pages back from the oldest unpinned entry shown (pinned ones are
-    # always in the snapshot, whatever their age); seq 1 has nothing before it.
+    # always in the snapshot, whatever their age). A snapshot shorter than its limit
+    # holds every live entry: then there is nothing older, and `before` says so with 0.
     unpinned = [_int(entry, "seq") or 0 for entry in entries if entry.get("pinned") is not True]
-    before = min(unpinned, default=0)
+    before = min(unpinned, default=0) if len(entries) >= limit else 0
     v = quote(asset_version, safe="")
     articles = "\n".join(render_entry(entry) for entry in entries)
     return f"""<!doctype html>
@@ -44,6 +48,7 @@ def render_reader(feed: str, snapshot: dict[str, object], *, asset_version: str)
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Live: {escape(feed)}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/reader.css?v={v}">
 <link rel="modulepreload" href="/v1/livepush.js?v={v}">
 </head>

@@ -115,21 +115,27 @@ def test_title_and_author_are_optional() -> None:
     assert '<span class="lp-author">Desk</span>' in html
 
 
+def main_attributes(html: str) -> dict[str, str | None]:
+    return next(attrs for tag, attrs in tags(html) if tag == "main")
+
+
 def test_reader_hands_its_position_to_the_client() -> None:
     html = render_reader("demo", snapshot(entry(3), head_seq=12), asset_version="1")
-    main = next(attrs for tag, attrs in tags(html) if tag == "main")
+    main = main_attributes(html)
     assert main["data-feed"] == "demo"
     assert main["data-epoch"] == "ep1"
     assert main["data-head-seq"] == "12"
-    assert main["data-before"] == "3"
 
 
 def test_load_older_starts_from_the_oldest_unpinned_entry() -> None:
-    html = render_reader(
-        "demo", snapshot(entry(1, pinned=True), entry(8), entry(9)), asset_version="1"
-    )
-    main = next(attrs for tag, attrs in tags(html) if tag == "main")
-    assert main["data-before"] == "8"
+    full = snapshot(entry(1, pinned=True), entry(8), entry(9))
+    html = render_reader("demo", full, asset_version="1", limit=3)
+    assert main_attributes(html)["data-before"] == "8"
+
+
+def test_snapshot_shorter_than_its_limit_has_nothing_older() -> None:
+    html = render_reader("demo", snapshot(entry(8), entry(9)), asset_version="1", limit=3)
+    assert main_attributes(html)["data-before"] == "0"
 
 
 def test_reader_imports_the_client_at_the_asset_version() -> None:

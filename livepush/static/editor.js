@@ -70,6 +70,7 @@ export function startEditor(root, subscribe) {
       return;
     }
     feed.on("status", showStatus);
+    feed.on("subscribed", refreshInfo); // the count now includes this console
     feed.on("created", ({ seq, entry }) => record(entry.id, seq, "created", entry));
     feed.on("updated", ({ seq, entry }) => record(entry.id, seq, "updated", entry));
     feed.on("deleted", ({ seq, id }) => record(id, seq, "deleted"));
@@ -78,7 +79,6 @@ export function startEditor(root, subscribe) {
       receipts.set(receipt.seq, receipt);
       if (owners.has(receipt.seq)) render(owners.get(receipt.seq));
     });
-    refreshInfo();
   }
 
   function load(snapshot) {
@@ -112,7 +112,8 @@ export function startEditor(root, subscribe) {
     status.dataset.status = state;
     status.dataset.transport = transport;
     const via = transport === "ws" ? "WebSocket" : "SSE (no receipts)";
-    status.querySelector(".ed-status-text").textContent = state === "live" ? `Live · ${via}` : state;
+    const text = state === "live" ? `Live · ${via}` : state[0].toUpperCase() + state.slice(1);
+    status.querySelector(".ed-status-text").textContent = text;
   }
 
   publishForm.addEventListener("submit", async (e) => {

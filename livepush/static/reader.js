@@ -42,17 +42,22 @@ export function startReader(main, subscribe) {
     status.querySelector(".lp-status-text").textContent =
       state === "live" ? `Live · ${TRANSPORT_TEXT[transport]}` : STATUS_TEXT[state] ?? state;
   });
-  feed.on("created", ({ entry }) => place(entry, true));
-  feed.on("updated", ({ entry }) => place(entry, false));
-  feed.on("deleted", ({ id }) => remove(id));
+  // Each applied event is also announced on <main> as a "livepush:event" DOM event, for
+  // the host page (analytics, a sound) and for tests that count what the page received.
+  const announce = (event) => main.dispatchEvent(new CustomEvent("livepush:event", { detail: event }));
+  feed.on("created", (event) => { place(event.entry, true); announce(event); });
+  feed.on("updated", (event) => { place(event.entry, false); announce(event); });
+  feed.on("deleted", (event) => { remove(event.id); announce(event); });
   feed.on("reset", (snapshot) => {
     // History was lost or we were gone too long: the snapshot replaces everything.
     main.dataset.epoch = snapshot.epoch;
     pending.clear();
     list.replaceChildren(...sorted(snapshot.entries).map(entryElement));
-    oldestLoaded = oldestUnpinned(snapshot.entries);
+    // Same rule as pages.py: a snapshot shorter than its limit (50) holds everything.
+    oldestLoaded = snapshot.entries.length >= 50 ? oldestUnpinned(snapshot.entries) : 0;
     olderButton.hidden = oldestLoaded <= 1;
     refresh();
+    announce({ type: "reset", feed: snapshot.feed, epoch: snapshot.epoch, head_seq: snapshot.head_seq });
   });
 
   function findEntry(id) {
