@@ -28,6 +28,13 @@ class Ring:
         if self._events.maxlen:
             self._events.append(event)
 
+    def at(self, seq: int) -> Event | None:
+        """The event with `seq`, if the ring holds it."""
+        events = self._events
+        if not events or not events[0].seq <= seq <= events[-1].seq:
+            return None
+        return events[seq - events[0].seq]
+
     def clear(self) -> None:
         self._events.clear()
 
@@ -60,7 +67,11 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """The client's position cannot be continued: it reloads the snapshot, then resumes."""
+    """The client's position cannot be continued: it reloads the snapshot, then resumes.
+
+    `reason`: "epoch" (another life of the feed), "ahead" (a seq history does not have),
+    or "expired" (older than history holds).
+    """
 
     reason: str
 

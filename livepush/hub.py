@@ -158,6 +158,12 @@ class Hub:
                 )
                 if state.synced is None or self.feeds.get(feed) is not state:
                     raise BrokerUnavailable("the feed was reset while subscribing")
+                if epoch == history.epoch and since is not None and since > history.head_seq:
+                    # The client saw a seq this epoch's history no longer has: writes
+                    # were lost. A new epoch keeps the seqs that follow from passing
+                    # for the ones it saw; the next read resets it (and the feed).
+                    await self.broker.renew_epoch(feed, epoch)
+                    continue
                 if self._join_from_history(state, sub, since, epoch, history):
                     return sub if sub.live else None
                 since, epoch = sub.last_seq, state.epoch  # the node moved on: read again
@@ -334,6 +340,10 @@ class Hub:
         elif event.seq > state.head + 1:
             self._hold(state, event)
             self._catch_up(state)  # a hole: pub/sub dropped something
+        else:
+            seen = state.recent.at(event.seq)
+            if seen is not None and seen.payload != event.payload:
+                self._history_rewritten(state)  # the same seq twice, with other content
 
     def _hold(self, state: _Feed, event: Event) -> None:
         if len(state.pending) < MAX_PENDING:
@@ -404,6 +414,10 @@ class Hub:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
+                if history.epoch == state.epoch and history.head_seq < state.head:
+                    # History went back under the same epoch: writes were lost.
+                    await self.broker.renew_epoch(state.name, state.epoch)
+                    continue
                 if history.epoch != state.epoch or history.first_seq > state.head + 1:
                     self._reset_feed(state, history)
                 else:
@@ -442,6 +456,19 @@ class Hub:
         for subs in state.groups.values():
             for sub in list(subs):
                 self._reset(sub, history.epoch, history.head_seq)
+
+    def _history_rewritten(self, state: _Feed) -> None:
+        """Writes under the node's epoch were lost: renew the epoch, then reset everyone."""
+        log.warning("feed %s: history lost writes under epoch %s", state.name, state.epoch)
+
+        async def renew() -> None:
+            try:
+                await self.broker.renew_epoch(state.name, state.epoch)
+            except BrokerUnavailable:
+                return  # the next resync after the broker returns finds the same proof
+            self._catch_up(state)
+
+        self._spawn(renew())
 
     def resync(self) -> None:
         """The broker's live stream was interrupted: catch every feed up from history."""

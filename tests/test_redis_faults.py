@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+from redis.asyncio import Redis
 
 from tests.support import Client, RedisServer, Server, apost, wait_until
 
@@ -118,3 +119,58 @@ async def test_resuming_with_the_old_epoch_after_history_was_lost_gets_reset(
     assert reset["type"] == "reset"
     assert reset["epoch"] != old["epoch"]
     await client.close()
+
+
+async def test_history_that_lost_writes_under_its_epoch_gets_a_new_epoch(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    """A failover that dropped the last writes: seq 4 and 5 are gone from Redis."""
+    node_a, node_b = start_server(redis_server.url), start_server(redis_server.url)
+    watcher = await Client.connect(node_a.ws_url)
+    subscribed = await watcher.subscribe(FEED)
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(5):
+            await apost(http, node_a, FEED, {"body": f"before {i}"})
+    await watcher.collect_until(FEED, 5)
+    redis = Redis.from_url(redis_server.url)
+    await redis.hset(f"lp:{{{FEED}}}:meta", "head", 3)
+    await redis.xdel(f"lp:{{{FEED}}}:log", "4-1", "5-1")
+    await redis.execute_command("XSETID", f"lp:{{{FEED}}}:log", "3-1")
+    await redis.aclose()
+    # A client that saw seq 5 proves the loss to a node that never saw it.
+    client = await Client.connect(node_b.ws_url)
+    reset = await client.subscribe(FEED, since=5, epoch=subscribed["epoch"])
+    assert reset["type"] == "reset"
+    assert reset["epoch"] != subscribed["epoch"]
+    # The subscriber that was live all along on node A is told too: never a silent gap,
+    # and never another life's entry under a seq it has already seen.
+    async with httpx.AsyncClient(timeout=10) as http:
+        await apost(http, node_a, FEED, {"body": "after the failover"})
+    told = await watcher.recv_type("reset", timeout=10)
+    assert told["epoch"] == reset["epoch"]
+    assert watcher.seqs(FEED) == [1, 2, 3, 4, 5]
+    await client.close()
+    await watcher.close()
+
+
+async def test_a_head_behind_its_history_starts_a_new_epoch_instead_of_failing(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    """The feed's head went back but its stream did not: publishing heals the feed."""
+    server = start_server(redis_server.url)
+    watcher = await Client.connect(server.ws_url)
+    subscribed = await watcher.subscribe(FEED)
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(5):
+            await apost(http, server, FEED, {"body": f"before {i}"})
+        await watcher.collect_until(FEED, 5)
+        redis = Redis.from_url(redis_server.url)
+        await redis.hset(f"lp:{{{FEED}}}:meta", "head", 3)
+        await redis.aclose()
+        response = await apost(http, server, FEED, {"body": "after"})
+        assert response.status_code == 201
+        assert response.json()["seq"] == 4
+    told = await watcher.recv_type("reset", timeout=10)
+    assert told["epoch"] != subscribed["epoch"]
+    assert told["head_seq"] == 4
+    await watcher.close()

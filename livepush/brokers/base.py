@@ -70,6 +70,13 @@ class Broker(Protocol):
     async def entry(self, feed: str, entry_id: str) -> StoredEntry | None:
         """An entry's current revision, live or retracted; None if it never existed."""
 
+    async def renew_epoch(self, feed: str, stale: str) -> str:
+        """Start a new life of the feed if its epoch is still `stale`; the current epoch.
+
+        Called when a node or a client proves that history lost writes under `stale`
+        (a seq seen before is missing or different): the seqs that follow must not
+        pass for the ones already seen."""
+
     async def watch(self, feed: str) -> None:
         """Receive the feed's live events from now on (returns once that holds)."""
 

@@ -143,6 +143,12 @@ class MemoryBroker:
         found = self._feed(feed).entries.get(entry_id)
         return None if found is None else StoredEntry(found.json, found.live)
 
+    async def renew_epoch(self, feed: str, stale: str) -> str:
+        state = self._feed(feed)
+        if state.epoch == stale:
+            state.epoch = new_epoch()
+        return state.epoch
+
     async def watch(self, feed: str) -> None:
         self._feed(feed)
 

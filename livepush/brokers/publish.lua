@@ -27,27 +27,46 @@ if kind ~= 'entry.created' then
   end
 end
 
-local seq = redis.call('HINCRBY', meta, 'head', 1)
+local seq = tonumber(redis.call('HGET', meta, 'head') or '0') + 1
 local head = '{"type":"' .. kind .. '","feed":"' .. feed .. '","seq":' .. seq .. ','
 local entry, event = '', ''
 if kind == 'entry.deleted' then
   event = head .. '"id":"' .. id .. '"}'
-  redis.call('ZREM', live, id)
-  redis.call('ZREM', pinned, id)
 else
   local parts = {}
   for i = 10, #ARGV do parts[#parts + 1] = ARGV[i] end
   entry = table.concat(parts, tostring(seq))
   event = head .. '"entry":' .. entry .. '}'
+end
+
+-- A script's writes are not rolled back when a later command fails, so the one
+-- write that can fail goes first. It fails when the stream holds ids at or past this
+-- seq: history from a life of the feed whose writes were lost (a failover). That
+-- history cannot be trusted: drop it and start a new epoch, never reuse its seqs.
+if size > 0 then
+  local added = redis.pcall('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event)
+  if type(added) == 'table' and added.err then
+    if not string.find(added.err, 'equal or smaller', 1, true) then
+      return redis.error_reply(added.err)  -- out of memory, say: nothing was written
+    end
+    redis.call('DEL', log)
+    redis.call('HSET', meta, 'epoch', ARGV[1])
+    epoch = ARGV[1]
+    redis.call('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event)
+  end
+end
+redis.call('HSET', meta, 'head', seq)
+
+if kind == 'entry.deleted' then
+  redis.call('ZREM', live, id)
+  redis.call('ZREM', pinned, id)
+else
   redis.call('HSET', entries, id, entry)
   local score = created_seq or seq
   if kind == 'entry.created' then redis.call('ZADD', live, score, id) end
   if pin == '1' then redis.call('ZADD', pinned, score, id) else redis.call('ZREM', pinned, id) end
 end
 
-if size > 0 then
-  redis.call('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event)
-end
 redis.call(publish, channel, epoch .. ' ' .. seq .. ' ' .. kind .. '\n' .. event)
 local result = epoch .. ' ' .. seq .. '\n' .. entry
 if ttl ~= '' then redis.call('SET', idem, result, 'EX', tonumber(ttl)) end

@@ -89,6 +89,7 @@ class RedisBroker:
         self._history = self._redis.register_script(_script("history.lua"))
         self._snapshot = self._redis.register_script(_script("snapshot.lua"))
         self._receipt = self._redis.register_script(_script("receipt.lua"))
+        self._renew = self._redis.register_script(_script("renew.lua"))
         self._listener: Listener | None = None
         self._pubsub: PubSub | None = None
         self._channels: dict[str, str] = {}  # channel -> feed, for every watched feed
@@ -164,6 +165,10 @@ class RedisBroker:
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error}") from None
         return None if found is None else StoredEntry(found, score is not None)
+
+    async def renew_epoch(self, feed: str, stale: str) -> str:
+        epoch = await self._call(self._renew, [_key(feed, "meta")], [stale, new_epoch()])
+        return str(epoch.decode())
 
     async def report(self, feed: str, seq: int, delivered: int, fanout_ms: float) -> None:
         keys = [_key(feed, "receipts"), channel_of(feed)]
