@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import psutil
 
 from tests.support import Client, RedisServer, Server, apost
 
@@ -51,3 +52,23 @@ async def test_four_publishers_on_two_nodes_give_seqs_1_to_400_seen_by_all_in_or
         assert await client.collect_until(FEED, 400) == list(range(1, 401))
     for client in clients:
         await client.close()
+
+
+async def test_workers_share_the_port_and_every_subscriber_gets_every_event(
+    redis_server: RedisServer,
+) -> None:
+    server = Server(redis_server.url).start(["--workers", "2"])
+    try:
+        assert server.proc is not None
+        assert len(psutil.Process(server.proc.pid).children()) >= 2
+        clients = [await Client.connect(server.ws_url) for _ in range(20)]
+        for client in clients:
+            assert (await client.subscribe(FEED))["type"] == "subscribed"
+        async with httpx.AsyncClient() as http:
+            for i in range(20):
+                assert (await apost(http, server, FEED, {"body": f"{i}"})).status_code == 201
+        for client in clients:
+            assert await client.collect_until(FEED, 20) == list(range(1, 21))
+            await client.close()
+    finally:
+        server.stop()
