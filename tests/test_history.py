@@ -1,0 +1,138 @@
+"""history.py: the bounded ring of a feed's events and the replay-or-reset decision."""
+
+from __future__ import annotations
+
+from livepush.history import Replay, Reset, Ring, decide
+from livepush.model import Event, EventType
+
+EPOCH = "e1"
+
+
+def _event(seq: int) -> Event:
+    return Event("feed", EPOCH, seq, EventType.CREATED, b'{"seq":%d}' % seq)
+
+
+def _ring(size: int, *seqs: int) -> Ring:
+    ring = Ring(size)
+    for seq in seqs:
+        ring.append(_event(seq))
+    return ring
+
+
+def _seqs(events: list[Event] | None) -> list[int] | None:
+    return None if events is None else [event.seq for event in events]
+
+
+# Ring
+
+
+def test_ring_after_returns_the_events_after_seq_up_to_head_oldest_first() -> None:
+    ring = _ring(10, 1, 2, 3, 4, 5)
+    assert _seqs(ring.after(2, 5)) == [3, 4, 5]
+
+
+def test_ring_after_zero_returns_every_event_when_the_ring_reaches_back_to_seq_one() -> None:
+    ring = _ring(10, 1, 2, 3)
+    assert _seqs(ring.after(0, 3)) == [1, 2, 3]
+
+
+def test_ring_after_the_head_is_empty() -> None:
+    ring = _ring(10, 1, 2, 3)
+    assert ring.after(3, 3) == []
+
+
+def test_ring_after_keeps_only_the_newest_size_events() -> None:
+    ring = _ring(3, 1, 2, 3, 4, 5, 6)
+    assert len(ring) == 3
+    assert ring.first_seq(6) == 4
+
+
+def test_ring_after_the_seq_just_before_the_oldest_held_is_continued() -> None:
+    ring = _ring(3, 1, 2, 3, 4, 5, 6)
+    assert _seqs(ring.after(3, 6)) == [4, 5, 6]
+
+
+def test_ring_after_a_seq_older_than_the_ring_reaches_is_none() -> None:
+    ring = _ring(3, 1, 2, 3, 4, 5, 6)
+    assert ring.after(2, 6) is None
+    assert ring.after(0, 6) is None
+
+
+def test_ring_after_with_limit_returns_at_most_limit_oldest_first() -> None:
+    ring = _ring(10, 1, 2, 3, 4, 5, 6)
+    assert _seqs(ring.after(1, 6, limit=2)) == [2, 3]
+    assert _seqs(ring.after(4, 6, limit=10)) == [5, 6]
+
+
+def test_ring_after_with_limit_zero_is_empty() -> None:
+    ring = _ring(10, 1, 2, 3)
+    assert ring.after(0, 3, limit=0) == []
+
+
+def test_empty_ring_behind_a_head_past_zero_cannot_continue() -> None:
+    ring = Ring(10)
+    assert ring.after(2, 5) is None
+
+
+def test_empty_ring_at_head_zero_has_nothing_to_replay() -> None:
+    assert Ring(10).after(0, 0) == []
+
+
+def test_ring_first_seq_when_empty_is_one_past_the_head() -> None:
+    assert Ring(10).first_seq(7) == 8
+
+
+def test_ring_of_size_zero_holds_nothing() -> None:
+    ring = _ring(0, 1, 2, 3)
+    assert len(ring) == 0
+    assert ring.after(0, 3) is None
+
+
+def test_ring_clear_forgets_every_event() -> None:
+    ring = _ring(10, 1, 2, 3)
+    ring.clear()
+    assert len(ring) == 0
+    assert ring.after(0, 3) is None
+
+
+# decide
+
+
+def test_decide_another_epoch_is_a_reset() -> None:
+    assert decide(3, "other", EPOCH, head_seq=10, first_seq=1) == Reset("epoch")
+
+
+def test_decide_another_epoch_is_a_reset_even_without_since() -> None:
+    assert isinstance(decide(None, "other", EPOCH, head_seq=10, first_seq=1), Reset)
+
+
+def test_decide_the_current_epoch_is_replayed() -> None:
+    assert decide(3, EPOCH, EPOCH, head_seq=10, first_seq=1) == Replay(3)
+
+
+def test_decide_without_since_replays_from_the_head() -> None:
+    assert decide(None, None, EPOCH, head_seq=10, first_seq=5) == Replay(10)
+
+
+def test_decide_since_beyond_the_head_is_a_reset() -> None:
+    assert decide(11, None, EPOCH, head_seq=10, first_seq=1) == Reset("ahead")
+
+
+def test_decide_since_at_the_head_is_replayed_with_nothing_to_send() -> None:
+    assert decide(10, None, EPOCH, head_seq=10, first_seq=1) == Replay(10)
+
+
+def test_decide_since_older_than_history_holds_is_a_reset() -> None:
+    assert decide(3, None, EPOCH, head_seq=10, first_seq=5) == Reset("expired")
+
+
+def test_decide_since_just_before_the_oldest_held_seq_is_replayed() -> None:
+    assert decide(4, None, EPOCH, head_seq=10, first_seq=5) == Replay(4)
+
+
+def test_decide_since_zero_on_a_full_history_is_replayed() -> None:
+    assert decide(0, None, EPOCH, head_seq=10, first_seq=1) == Replay(0)
+
+
+def test_decide_since_zero_on_a_new_feed_is_replayed() -> None:
+    assert decide(0, None, EPOCH, head_seq=0, first_seq=1) == Replay(0)
