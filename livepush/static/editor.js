@@ -64,7 +64,12 @@ export function startEditor(root, subscribe) {
     try {
       const snapshot = await api("GET", feedPath("/snapshot?limit=100"));
       load(snapshot);
-      feed = subscribe(name, { since: snapshot.head_seq, epoch: snapshot.epoch, receipts: true });
+      feed = subscribe(name, {
+        since: snapshot.head_seq,
+        epoch: snapshot.epoch,
+        receipts: true,
+        snapshotLimit: 100, // after a reset, reload as much as was first shown
+      });
     } catch (err) {
       info.textContent = `Could not open the feed: ${err.message}`;
       return;

@@ -26,7 +26,8 @@ const PONG_TIMEOUT_MS = 5_000;
 const BLOCKED_AFTER = 2;
 
 const EVENT_NAMES = { "entry.created": "created", "entry.updated": "updated", "entry.deleted": "deleted" };
-const SSE_TYPES = ["subscribed", "reset", "receipt", "error", ...Object.keys(EVENT_NAMES)];
+// Not "error": that name is EventSource's own connection-error event, which has no data.
+const SSE_TYPES = ["message", "subscribed", "reset", "receipt", ...Object.keys(EVENT_NAMES)];
 
 export function subscribe(feed, options = {}) {
   return new Feed(feed, options);
@@ -246,7 +247,7 @@ export class Feed {
       if (epoch) this.#epoch = epoch;
       this.#receive(JSON.parse(e.data));
     };
-    for (const type of [...SSE_TYPES, "message"]) source.addEventListener(type, onMessage);
+    for (const type of SSE_TYPES) source.addEventListener(type, onMessage);
     source.onerror = () => {
       source.close();
       if (this.#conn !== conn) return;

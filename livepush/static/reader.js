@@ -30,8 +30,10 @@ export function startReader(main, subscribe) {
   for (const time of list.querySelectorAll("time[datetime]")) localizeTime(time);
   olderButton.hidden = oldestLoaded <= 1;
 
+  // Resume exactly where the server-rendered snapshot ends.
+  const headSeq = Number.parseInt(main.dataset.headSeq, 10);
   const feed = subscribe(feedName, {
-    since: Number(main.dataset.headSeq),
+    since: Number.isInteger(headSeq) ? headSeq : undefined,
     epoch: main.dataset.epoch || undefined,
   });
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
 
 from tests.browser.helpers import (
@@ -107,12 +108,13 @@ def test_untrusted_entry_text_never_runs(page: Page, server: Server) -> None:
     assert page.locator("article img, article script, article b").count() == 0
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 def test_entries_published_across_a_server_restart_appear_once(
-    page: Page, start_server: Callable[..., Server], redis_server: RedisServer
+    page: Page, start_server: Callable[..., Server], redis_server: RedisServer, transport: str
 ) -> None:
     node = start_server(redis_server.url)
     other = start_server(redis_server.url)  # takes the posts while `node` is down
-    open_reader(page, node, "restart")
+    open_reader(page, node, "restart", f"?transport={transport}")
     before = publish(node, "restart", body="before the restart")
     expect(page.locator(article(before["id"]))).to_be_visible()
 
@@ -128,9 +130,9 @@ def test_entries_published_across_a_server_restart_appear_once(
     events = recorded(page)
     assert [e["entry"]["id"] for e in events] == [e["id"] for e in expected]
     assert [e["seq"] for e in events] == list(range(before["seq"], before["seq"] + len(expected)))
-    # It came back over WebSocket: a server that was down is not a blocked WebSocket.
+    # It came back on the same transport: a server that was down is not a blocked WebSocket.
     expect(page.locator(".lp-status")).to_have_attribute("data-status", "live")
-    expect(page.locator(".lp-status")).to_have_attribute("data-transport", "ws")
+    expect(page.locator(".lp-status")).to_have_attribute("data-transport", transport)
 
 
 def test_lost_history_resets_the_page_to_the_new_snapshot(page: Page, server: Server) -> None:
@@ -189,4 +191,25 @@ def test_offline_then_online_reconnects(page: Page, server: Server) -> None:
     page.context.set_offline(False)
     expect(page.locator(".lp-status")).to_have_attribute("data-status", "live")
     entry = publish(server, "network", body="back online")
+    expect(page.locator(article(entry["id"]))).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    ("target", "event"), [("document", "visibilitychange"), ("window", "online")]
+)
+def test_reconnects_at_once_when_the_tab_wakes_or_the_network_returns(
+    page: Page, server: Server, target: str, event: str
+) -> None:
+    page.clock.install()
+    open_reader(page, server, "wake")
+    # From here on the page's timers never fire: a reconnect can only come from the event.
+    page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+    server.stop()
+    expect(page.locator(".lp-status")).to_have_attribute("data-status", "reconnecting")
+    server.start()
+    entry = publish(server, "wake", body="published while the tab slept")
+    expect(page.locator(".lp-status")).to_have_attribute("data-status", "reconnecting")
+
+    page.evaluate(f"{target}.dispatchEvent(new Event('{event}'))")
+    expect(page.locator(".lp-status")).to_have_attribute("data-status", "live")
     expect(page.locator(article(entry["id"]))).to_be_visible()
