@@ -97,7 +97,8 @@ export function startEditor(root, subscribe) {
   async function refreshInfo() {
     try {
       const about = await api("GET", feedPath());
-      info.textContent = `Feed “${about.feed}”, epoch ${about.epoch}, ${about.head_seq} events, ${count.format(about.subscribers)} subscribers now.`;
+      const people = about.subscribers === 1 ? "subscriber" : "subscribers";
+      info.textContent = `Feed “${about.feed}”, epoch ${about.epoch}, ${about.head_seq} events, ${count.format(about.subscribers)} ${people} now.`;
     } catch { /* the snapshot line stays */ }
   }
 
