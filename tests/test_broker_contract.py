@@ -1,0 +1,461 @@
+"""The broker contract, run in-process against every broker: memory and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from livepush.api.ingest import entry_fields, new_entry_id, now_rfc3339
+from livepush.brokers.base import Broker, Receipt
+from livepush.brokers.memory import MemoryBroker
+from livepush.brokers.redis import RedisBroker
+from livepush.errors import Conflict, NotFound
+from livepush.model import Change, Event, EventType, Published
+from livepush.schema import parse_new_entry
+from livepush.wire import entry_template
+from tests.support import RedisServer
+
+FEED = "contract"
+WAIT = 10.0
+
+
+class Recorder:
+    """A listener that keeps what the broker hands it and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.resyncs = 0
+        self._changed = asyncio.Event()
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def resync(self) -> None:
+        self.resyncs += 1
+        self._changed.set()
+
+    def receipt(self, receipt: Receipt) -> None:
+        pass
+
+    def of(self, feed: str) -> list[Event]:
+        return [event for event in self.events if event.feed == feed]
+
+    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        async def until() -> None:
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(until(), WAIT)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+
+MakeBroker = Callable[..., Awaitable[tuple[Broker, Recorder]]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
+    """Start brokers of the parametrized kind (history_size=...); all closed after."""
+    redis: RedisServer | None = None
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+    started: list[Broker] = []
+
+    async def make(history_size: int = 1000) -> tuple[Broker, Recorder]:
+        broker: Broker
+        if redis is None:
+            broker = MemoryBroker(history_size)
+        else:
+            broker = RedisBroker(redis.url, history_size)
+        recorder = Recorder()
+        await broker.start(recorder)
+        started.append(broker)
+        return broker, recorder
+
+    yield make
+    for broker in started:
+        await broker.aclose()
+
+
+@pytest.fixture
+async def broker(make_broker: MakeBroker) -> Broker:
+    return (await make_broker())[0]
+
+
+# Changes built as the ingest API builds them
+
+
+def created(body: str = "text", **fields: Any) -> Change:
+    entry = parse_new_entry({"body": body, **fields})
+    entry_id, now = new_entry_id(), now_rfc3339()
+    return Change(
+        EventType.CREATED,
+        entry_id,
+        entry_template(entry_id, None, entry_fields(entry, now, now)),
+        pinned=entry["pinned"],
+    )
+
+
+def updated(stored: bytes, **patch: Any) -> Change:
+    entry = orjson.loads(stored)
+    entry.update(patch)
+    fields = entry_fields(entry, entry["published_at"], now_rfc3339())
+    return Change(
+        EventType.UPDATED,
+        entry["id"],
+        entry_template(entry["id"], entry["seq"], fields),
+        pinned=bool(fields["pinned"]),
+        expected=stored,
+    )
+
+
+def deleted(entry_id: str) -> Change:
+    return Change(EventType.DELETED, entry_id)
+
+
+def entry_of(published: Published) -> dict[str, Any]:
+    assert published.entry is not None
+    entry: dict[str, Any] = orjson.loads(published.entry)
+    return entry
+
+
+async def publish_many(broker: Broker, count: int, feed: str = FEED) -> list[Published]:
+    return [await broker.publish(feed, created(f"entry {i}")) for i in range(count)]
+
+
+def seqs_of(entries: tuple[bytes, ...]) -> list[int]:
+    return [orjson.loads(entry)["seq"] for entry in entries]
+
+
+# Seqs and epochs
+
+
+async def test_feed_exists_from_first_use_with_head_zero(broker: Broker) -> None:
+    history = await broker.history(FEED, 0, 10)
+    assert history.head_seq == 0
+    assert history.epoch
+    assert history.events == ()
+
+
+async def test_first_publish_gets_seq_one_and_keeps_the_epoch_reported_before_it(
+    broker: Broker,
+) -> None:
+    before = await broker.history(FEED, 0, 0)
+    published = await broker.publish(FEED, created())
+    assert published.position.seq == 1
+    assert published.position.epoch == before.epoch
+    assert (await broker.history(FEED, 0, 0)).epoch == before.epoch
+
+
+async def test_published_entry_carries_its_id_and_the_event_seq(broker: Broker) -> None:
+    await publish_many(broker, 2)
+    change = created("third", title="T")
+    published = await broker.publish(FEED, change)
+    entry = entry_of(published)
+    assert entry["id"] == change.entry_id
+    assert entry["seq"] == published.position.seq == 3
+    assert entry["body"] == "third"
+    assert entry["title"] == "T"
+    assert not published.duplicate
+
+
+async def test_seqs_are_contiguous_under_concurrent_publishes(broker: Broker) -> None:
+    published = await asyncio.gather(*(broker.publish(FEED, created(str(i))) for i in range(200)))
+    assert sorted(p.position.seq for p in published) == list(range(1, 201))
+    history = await broker.history(FEED, 0, 1000)
+    assert history.head_seq == 200
+    assert [event.seq for event in history.events] == list(range(1, 201))
+
+
+async def test_feeds_have_their_own_seqs(broker: Broker) -> None:
+    await publish_many(broker, 3, "one")
+    assert (await broker.publish("two", created())).position.seq == 1
+    assert (await broker.history("one", 0, 0)).head_seq == 3
+
+
+# History
+
+
+async def test_history_returns_the_events_after_since_oldest_first(broker: Broker) -> None:
+    await publish_many(broker, 6)
+    history = await broker.history(FEED, 2, 100)
+    assert history.head_seq == 6
+    assert history.first_seq == 1
+    assert [event.seq for event in history.events] == [3, 4, 5, 6]
+    assert all(event.feed == FEED and event.epoch == history.epoch for event in history.events)
+
+
+async def test_history_returns_at_most_limit_events(broker: Broker) -> None:
+    await publish_many(broker, 6)
+    history = await broker.history(FEED, 1, 2)
+    assert [event.seq for event in history.events] == [2, 3]
+    assert history.head_seq == 6
+
+
+async def test_history_after_the_head_is_empty(broker: Broker) -> None:
+    await publish_many(broker, 3)
+    assert (await broker.history(FEED, 3, 100)).events == ()
+
+
+async def test_history_payloads_equal_what_the_listener_receives(
+    make_broker: MakeBroker,
+) -> None:
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    first = await broker.publish(FEED, created("one", tags=["a"]))
+    stored = entry_of(first)
+    await broker.publish(FEED, updated(first.entry or b"", title="Corrected"))
+    await broker.publish(FEED, deleted(stored["id"]))
+    await recorder.wait_for(lambda: len(recorder.of(FEED)) == 3, "three live events")
+    history = await broker.history(FEED, 0, 100)
+    assert [(e.seq, e.type, e.payload) for e in history.events] == [
+        (e.seq, e.type, e.payload) for e in recorder.of(FEED)
+    ]
+    assert [orjson.loads(e.payload)["type"] for e in history.events] == [
+        "entry.created",
+        "entry.updated",
+        "entry.deleted",
+    ]
+
+
+async def test_history_is_bounded_to_history_size(make_broker: MakeBroker) -> None:
+    broker, _ = await make_broker(history_size=5)
+    await publish_many(broker, 8)
+    history = await broker.history(FEED, 3, 100)
+    assert history.head_seq == 8
+    assert history.first_seq == 4
+    assert [event.seq for event in history.events] == [4, 5, 6, 7, 8]
+
+
+async def test_history_since_older_than_held_returns_what_is_held(
+    make_broker: MakeBroker,
+) -> None:
+    # Both brokers answer the same: the held events, and first_seq shows the gap.
+    broker, _ = await make_broker(history_size=5)
+    await publish_many(broker, 8)
+    history = await broker.history(FEED, 0, 100)
+    assert history.first_seq == 4
+    assert [event.seq for event in history.events] == [4, 5, 6, 7, 8]
+
+
+# Idempotency
+
+
+async def test_idempotency_key_retry_returns_the_first_result_and_publishes_nothing(
+    broker: Broker,
+) -> None:
+    first = await broker.publish(FEED, created("once"), idempotency_key="key-1")
+    retry = await broker.publish(FEED, created("once"), idempotency_key="key-1")
+    assert retry.duplicate
+    assert not first.duplicate
+    assert retry.position == first.position
+    assert retry.entry == first.entry
+    assert (await broker.history(FEED, 0, 0)).head_seq == 1
+
+
+async def test_other_idempotency_keys_publish_anew(broker: Broker) -> None:
+    await broker.publish(FEED, created(), idempotency_key="key-1")
+    second = await broker.publish(FEED, created(), idempotency_key="key-2")
+    assert not second.duplicate
+    assert second.position.seq == 2
+
+
+# Corrections and retractions
+
+
+async def test_update_records_the_new_revision_keeping_id_and_seq(broker: Broker) -> None:
+    first = await broker.publish(FEED, created("draft"))
+    second = await broker.publish(FEED, updated(first.entry or b"", body="final"))
+    entry = entry_of(second)
+    assert second.position.seq == 2
+    assert entry["id"] == entry_of(first)["id"]
+    assert entry["seq"] == 1
+    assert entry["body"] == "final"
+    stored = await broker.entry(FEED, entry["id"])
+    assert stored is not None
+    assert stored.live
+    assert stored.json == second.entry
+
+
+async def test_update_whose_expected_revision_no_longer_matches_is_a_conflict(
+    broker: Broker,
+) -> None:
+    first = await broker.publish(FEED, created("draft"))
+    stale = first.entry or b""
+    await broker.publish(FEED, updated(stale, body="first correction"))
+    with pytest.raises(Conflict):
+        await broker.publish(FEED, updated(stale, body="second correction"))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 2
+
+
+async def test_update_of_an_unknown_entry_is_not_found(broker: Broker) -> None:
+    await publish_many(broker, 1)
+    change = Change(EventType.UPDATED, "nosuchentry00000", (b'{"id":"nosuchentry00000"}',))
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, change)
+    assert (await broker.history(FEED, 0, 0)).head_seq == 1
+
+
+async def test_delete_of_an_unknown_entry_is_not_found(broker: Broker) -> None:
+    await publish_many(broker, 1)
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, deleted("nosuchentry00000"))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 1
+
+
+async def test_update_of_a_retracted_entry_is_not_found(broker: Broker) -> None:
+    first = await broker.publish(FEED, created())
+    await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, updated(first.entry or b"", body="too late"))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 2
+
+
+async def test_delete_of_a_retracted_entry_is_not_found(broker: Broker) -> None:
+    first = await broker.publish(FEED, created())
+    await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 2
+
+
+async def test_retracted_entry_is_kept_but_not_live(broker: Broker) -> None:
+    first = await broker.publish(FEED, created())
+    await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    stored = await broker.entry(FEED, entry_of(first)["id"])
+    assert stored is not None
+    assert not stored.live
+
+
+async def test_entry_never_published_is_none(broker: Broker) -> None:
+    assert await broker.entry(FEED, "nosuchentry00000") is None
+
+
+# Snapshot
+
+
+async def test_snapshot_is_newest_first_and_consistent_with_its_head(broker: Broker) -> None:
+    await publish_many(broker, 4)
+    snapshot = await broker.snapshot(FEED, 50, None)
+    assert snapshot.feed == FEED
+    assert snapshot.head_seq == 4
+    assert snapshot.epoch == (await broker.history(FEED, 0, 0)).epoch
+    assert seqs_of(snapshot.entries) == [4, 3, 2, 1]
+    await broker.publish(FEED, created("after"))
+    continued = await broker.history(FEED, snapshot.head_seq, 100)
+    assert [event.seq for event in continued.events] == [5]
+
+
+async def test_snapshot_holds_at_most_limit_entries(broker: Broker) -> None:
+    await publish_many(broker, 6)
+    assert seqs_of((await broker.snapshot(FEED, 2, None)).entries) == [6, 5]
+
+
+async def test_snapshot_before_pages_back(broker: Broker) -> None:
+    await publish_many(broker, 6)
+    page = await broker.snapshot(FEED, 2, 5)
+    assert seqs_of(page.entries) == [4, 3]
+    assert page.head_seq == 6
+    assert seqs_of((await broker.snapshot(FEED, 2, 3)).entries) == [2, 1]
+    assert (await broker.snapshot(FEED, 2, 1)).entries == ()
+
+
+async def test_snapshot_leaves_retracted_entries_out(broker: Broker) -> None:
+    published = await publish_many(broker, 3)
+    await broker.publish(FEED, deleted(entry_of(published[1])["id"]))
+    snapshot = await broker.snapshot(FEED, 50, None)
+    assert seqs_of(snapshot.entries) == [3, 1]
+    assert snapshot.head_seq == 4
+
+
+async def test_snapshot_holds_the_current_revision(broker: Broker) -> None:
+    first = await broker.publish(FEED, created("draft"))
+    corrected = await broker.publish(FEED, updated(first.entry or b"", body="final"))
+    assert (await broker.snapshot(FEED, 50, None)).entries == (corrected.entry,)
+
+
+async def test_snapshot_first_page_includes_older_pinned_entries(broker: Broker) -> None:
+    pinned = await broker.publish(FEED, created("pinned", pinned=True))
+    await publish_many(broker, 5)
+    snapshot = await broker.snapshot(FEED, 2, None)
+    assert seqs_of(snapshot.entries) == [6, 5, 1]
+    assert snapshot.entries[-1] == pinned.entry
+
+
+async def test_snapshot_later_pages_leave_pinned_entries_to_the_first(broker: Broker) -> None:
+    await broker.publish(FEED, created("pinned", pinned=True))
+    await publish_many(broker, 5)
+    assert seqs_of((await broker.snapshot(FEED, 2, 5)).entries) == [4, 3]
+
+
+async def test_snapshot_leaves_out_an_unpinned_entry(broker: Broker) -> None:
+    first = await broker.publish(FEED, created("pinned", pinned=True))
+    await publish_many(broker, 3)
+    await broker.publish(FEED, updated(first.entry or b"", pinned=False))
+    assert seqs_of((await broker.snapshot(FEED, 2, None)).entries) == [4, 3]
+
+
+async def test_snapshot_leaves_out_a_retracted_pinned_entry(broker: Broker) -> None:
+    first = await broker.publish(FEED, created("pinned", pinned=True))
+    await publish_many(broker, 3)
+    await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    assert seqs_of((await broker.snapshot(FEED, 2, None)).entries) == [4, 3]
+
+
+# The live stream
+
+
+async def test_watched_feed_events_reach_the_listener_in_order(make_broker: MakeBroker) -> None:
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    await publish_many(broker, 20)
+    await recorder.wait_for(lambda: len(recorder.of(FEED)) >= 20, "20 live events")
+    assert [event.seq for event in recorder.of(FEED)] == list(range(1, 21))
+
+
+async def test_live_event_payload_is_the_spec_event(make_broker: MakeBroker) -> None:
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    published = await broker.publish(FEED, created("live"))
+    await recorder.wait_for(lambda: bool(recorder.of(FEED)), "a live event")
+    (event,) = recorder.of(FEED)
+    assert event.epoch == published.position.epoch
+    assert event.type is EventType.CREATED
+    assert orjson.loads(event.payload) == {
+        "type": "entry.created",
+        "feed": FEED,
+        "seq": 1,
+        "entry": entry_of(published),
+    }
+
+
+async def test_feeds_watched_while_the_broker_connects_get_their_live_events(
+    make_broker: MakeBroker,
+) -> None:
+    # A new watch every loop turn from the broker's start until the first watch has
+    # returned (the broker is listening): some land while it subscribes earlier ones.
+    broker, recorder = await make_broker()
+    first = asyncio.ensure_future(broker.watch("early-0"))
+    watches = [first]
+    while not first.done() and len(watches) < 10_000:
+        await asyncio.sleep(0)
+        watches.append(asyncio.ensure_future(broker.watch(f"early-{len(watches)}")))
+    await asyncio.gather(*watches)
+    feeds = {f"early-{i}" for i in range(len(watches))}
+    for feed in sorted(feeds):
+        await broker.publish(feed, created())
+
+    def missing() -> set[str]:
+        return feeds - {event.feed for event in recorder.events}
+
+    try:
+        await recorder.wait_for(lambda: not missing(), "an event of every watched feed")
+    except AssertionError:
+        raise AssertionError(f"{len(missing())} of {len(feeds)} feeds got nothing") from None
