@@ -11,6 +11,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -181,8 +183,20 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         Route("/v1/feeds/{feed}/events", feeds.feed_events),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
+    # Reads and event streams may be used from any page the Origin allow-list admits
+    # (livepush.js on a newsroom's own site); writes stay same-origin (no preflight).
+    origins = list(settings.allowed_origins) or ["*"]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET"],
+            allow_headers=["Last-Event-ID", "Cache-Control"],
+        )
+    ]
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             LivepushError: _livepush_error,

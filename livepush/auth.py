@@ -35,6 +35,13 @@ class Publishers:
             raise Forbidden("this token may not publish")
         return token
 
+    def is_publisher(self, token: str | None) -> bool:
+        """Whether `token` is a publisher's (for receipts asked over a WebSocket)."""
+        if not token:
+            return False
+        matches = [hmac.compare_digest(token.encode(), known) for known in self._tokens]
+        return any(matches)
+
     def spend(self, token: bytes) -> None:
         """Take one publish from the token's bucket (burst: two seconds' worth), or 429."""
         if self._rate <= 0:

@@ -129,6 +129,34 @@ class Hub:
 
     # Subscribing
 
+    def try_join(
+        self,
+        conn: Connection,
+        feed: str,
+        since: int | None,
+        epoch: str | None,
+        *,
+        receipts: bool = False,
+    ) -> Subscription | None:
+        """Join at once, without awaiting, when this node holds what the client needs:
+        the feed is watched and synced, and its recent events reach back to `since`.
+
+        None means "not from memory": call subscribe(). A reconnect storm after a
+        node restart or a network blip mostly takes this path: no broker round trip.
+        """
+        state = self.feeds.get(feed)
+        if state is None or state.synced is None or not state.synced.done():
+            return None
+        if state.synced.exception() is not None:
+            return None
+        sub = Subscription(conn, feed, receipts)
+        if not self._join_from_memory(state, sub, since, epoch):
+            return None
+        if state.retire is not None:
+            state.retire.cancel()
+            state.retire = None
+        return sub
+
     async def subscribe(
         self,
         conn: Connection,
@@ -506,6 +534,10 @@ class Hub:
                 return  # figures for editors only: losing them loses no entry
 
     # Life cycle
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `coro` as a task the hub owns: cancelled and awaited by aclose()."""
+        return self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -93,6 +93,7 @@ class Subscribe:
     since: int | None = None
     epoch: str | None = None
     receipts: bool = False
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,8 @@ def _feed_of(message: dict[str, Any]) -> str:
 
 def parse_client_message(data: bytes | str) -> ClientMessage:
     """Parse one client text frame into a message, or raise ClientMessageError."""
-    if len(data) > MAX_CLIENT_MESSAGE:
+    size = len(data.encode()) if isinstance(data, str) else len(data)
+    if size > MAX_CLIENT_MESSAGE:
         raise ClientMessageError("too_big", f"messages are at most {MAX_CLIENT_MESSAGE} bytes")
     try:
         message = orjson.loads(data)
@@ -146,5 +148,10 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         receipts = message.get("receipts", False)
         if not isinstance(receipts, bool):
             raise ClientMessageError("bad_message", "receipts must be true or false")
-        return Subscribe(_feed_of(message), parse_since(message.get("since")), epoch, receipts)
+        token = message.get("token")
+        if token is not None and not isinstance(token, str):
+            raise ClientMessageError("bad_message", "token must be a string")
+        return Subscribe(
+            _feed_of(message), parse_since(message.get("since")), epoch, receipts, token
+        )
     raise ClientMessageError("unknown_type", "type must be subscribe, unsubscribe or ping")

@@ -120,8 +120,10 @@ class MemoryBroker:
 
     async def history(self, feed: str, since: int, limit: int) -> History:
         state = self._feed(feed)
-        events = state.history.after(since, state.head, limit) or []
-        return History(state.epoch, state.head, state.history.first_seq(state.head), tuple(events))
+        first = state.history.first_seq(state.head)
+        # Like Redis: a `since` older than history gets what history still holds.
+        events = state.history.after(max(since, first - 1), state.head, limit) or []
+        return History(state.epoch, state.head, first, tuple(events))
 
     async def snapshot(self, feed: str, limit: int, before: int | None) -> Snapshot:
         state = self._feed(feed)

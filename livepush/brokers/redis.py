@@ -9,7 +9,7 @@ import random
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -83,7 +83,10 @@ class RedisBroker:
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis = Redis.from_url(url, **options)
+        # A bounded pool that waits for a free connection instead of failing with
+        # "Too many connections" under a burst of concurrent publishes.
+        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=5, **options)
+        self._redis = Redis(connection_pool=pool)
         self._pubsub_redis = Redis.from_url(url, **{**options, "socket_timeout": None})
         self._publish = self._redis.register_script(_script("publish.lua"))
         self._history = self._redis.register_script(_script("history.lua"))
@@ -192,10 +195,10 @@ class RedisBroker:
     async def watch(self, feed: str) -> None:
         channel = channel_of(feed)
         self._channels[channel] = feed
-        if self._pubsub is None or not self.connected.is_set():
-            # Not connected: the reconnect subscribes every watched channel, then resyncs.
+        while self._pubsub is None or not self.connected.is_set():
+            # A reconnect in progress may have listed its channels before this one was
+            # added: wait for it, then subscribe here too (subscribing twice is harmless).
             await self.connected.wait()
-            return
         confirmed = self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())
         try:
             await self._pubsub.subscribe(channel)
@@ -290,4 +293,5 @@ class RedisBroker:
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
         await self._pubsub_redis.aclose()

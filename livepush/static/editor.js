@@ -68,6 +68,7 @@ export function startEditor(root, subscribe) {
         since: snapshot.head_seq,
         epoch: snapshot.epoch,
         receipts: true,
+        token: tokenInput.value.trim(),
         snapshotLimit: 100, // after a reset, reload as much as was first shown
       });
     } catch (err) {

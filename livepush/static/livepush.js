@@ -10,7 +10,8 @@
 // Options: since, epoch (where to resume; absent = from now), baseUrl (default: the
 // origin this module was loaded from), transport ("auto" | "ws" | "sse"; a page URL
 // with ?transport=sse or ?transport=ws overrides "auto", for tests and support),
-// receipts (ask the server for propagation receipts; WebSocket only), snapshotLimit.
+// receipts (ask the server for propagation receipts; WebSocket only; needs `token`, a
+// publisher token), snapshotLimit.
 //
 // Guarantee to the page: events arrive in seq order, each once. A duplicate (seq <= last)
 // is dropped; a hole makes the client reconnect from its last seq so the server replays
@@ -176,7 +177,10 @@ export class Feed {
     const msg = { type: "subscribe", feed: this.feed };
     if (this.#lastSeq !== null) msg.since = this.#lastSeq;
     if (this.#epoch !== null) msg.epoch = this.#epoch;
-    if (this.#options.receipts) msg.receipts = true;
+    if (this.#options.receipts) {
+      msg.receipts = true;
+      msg.token = this.#options.token; // receipts are for editors: a publisher token
+    }
     return msg;
   }
 

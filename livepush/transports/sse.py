@@ -115,10 +115,8 @@ class EventStream:
             try:
                 sub = await self.hub.subscribe(conn, self.feed, self.since, self.epoch)
             except BrokerUnavailable:
-                message = "the broker is unavailable; retry shortly"
-                conn.send(
-                    "error", {"type": "error", "code": "broker_unavailable", "message": message}
-                )
+                # No `event: error`: EventSource's own error event has that name.
+                conn.write(sse_comment(b"broker unavailable; reconnect shortly"))
                 conn.close(CloseCode.SERVICE_RESTART)
             disconnected = asyncio.ensure_future(_disconnect(receive))
             await asyncio.wait([disconnected, conn.closed], return_when=asyncio.FIRST_COMPLETED)

@@ -10,10 +10,14 @@ incoming frame. Selected by import string in `livepush.cli`.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -21,14 +25,174 @@ SOCKET_EXTENSION = "livepush.socket"
 TRANSPORT_EXTENSION = "livepush.transport"
 
 
+class MessageHandler(Protocol):
+    """What a detached socket feeds its client messages to."""
+
+    def receive(self, data: bytes) -> None:
+        """One complete client message (text or binary), in order; never awaits."""
+
+    def closed(self) -> None:
+        """The connection is gone."""
+
+
+class _Discard:
+    """Stands in for a detached socket's ASGI queue: nobody reads it any more."""
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+class _Always:
+    """Stands in for a detached socket's flow-control event: nobody waits on it."""
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_DISCARD, _ALWAYS = _Discard(), _Always()
+
+
+class _Keepalive:
+    """Pings every open WebSocket of a loop from ONE timer, once per interval.
+
+    uvicorn arms a timer per socket (about 600 bytes each); one sweep over a set costs
+    tens of bytes per socket. A ping unanswered by the next sweep closes the socket,
+    so the timeout equals the interval (SPEC: pinged every 20 s, closed if silent).
+    """
+
+    _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], _Keepalive]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop, self.interval = loop, interval
+        self.sockets: set[LivepushWebSocketProtocol] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> _Keepalive:
+        sweep = cls._sweeps.get((loop, interval))
+        if sweep is None:
+            sweep = cls._sweeps[(loop, interval)] = cls(loop, interval)
+        return sweep
+
+    def add(self, socket: LivepushWebSocketProtocol) -> None:
+        self.sockets.add(socket)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.interval, self.sweep)
+
+    def discard(self, socket: LivepushWebSocketProtocol) -> None:
+        self.sockets.discard(socket)
+
+    def sweep(self) -> None:
+        self.timer = None
+        for socket in list(self.sockets):
+            socket.sweep_ping()
+        if self.sockets:
+            self.timer = self.loop.call_later(self.interval, self.sweep)
+        else:
+            del self._sweeps[(self.loop, self.interval)]
+
+
 class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, exposed to the app as `livepush.socket`."""
+    """uvicorn's sans-I/O WebSocket protocol, exposed to the app as `livepush.socket`.
+
+    After the handshake the app may `detach()`: the ASGI task then ends without
+    closing the socket, and client messages go straight from `data_received` to a
+    handler. An idle subscriber then costs no task, no coroutine frames and no ASGI
+    scope: the difference between ~25 KiB and a few KiB per connection.
+    """
+
+    handler: MessageHandler | None = None
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope: Any = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][SOCKET_EXTENSION] = self
+
+    def detach(self, handler: MessageHandler) -> None:
+        """Hand the open socket to `handler`; the ASGI app must return right after."""
+        self.handler = handler
+        # Messages that arrived during the handshake were queued for the app.
+        while not self.queue.empty():
+            message: Any = self.queue.get_nowait()
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                handler.receive(text.encode() if text is not None else message.get("bytes", b""))
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        # What only the ASGI conversation needed: the request, the response, the queue
+        # of ASGI events and the flow-control event (a few KiB per idle socket). The
+        # request's headers are emptied in place: websockets' parser generator keeps
+        # the request alive in its frame for the life of the connection.
+        if self.request is not None:
+            self.request.headers.clear()
+        self.request = self.response = None  # type: ignore[assignment]
+        self.queue = _DISCARD  # type: ignore[assignment]
+        self.writable = _ALWAYS  # type: ignore[assignment]
+
+    def start_keepalive(self) -> None:
+        if self.ping_interval:
+            _Keepalive.of(self.loop, self.ping_interval).add(self)
+
+    def stop_keepalive(self) -> None:
+        super().stop_keepalive()
+        if self.ping_interval:
+            _Keepalive.of(self.loop, self.ping_interval).discard(self)
+
+    def sweep_ping(self) -> None:
+        """Called once per ping interval: give up on an unanswered ping, or send one."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        if self.pending_ping_payload is not None:
+            self.keepalive_timeout()  # closes with 1011: the peer did not answer in time
+            return
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self.handler
+        if handler is None:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if not self.close_sent:
+            handler.receive(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.closed()
+
+    async def run_asgi(self) -> None:
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned %r.", result)
+        if self.handler is not None:
+            self.scope = None  # type: ignore[assignment]
+            return  # detached: the handler owns the socket now
+        if self.close_timer is None:
+            self.transport.close()
 
 
 class LivepushHttpProtocol(HttpToolsProtocol):

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
 from livepush.transports.uvicorn import SOCKET_EXTENSION
-from livepush.wire import (
-    ClientMessageError,
-    Ping,
-    Subscribe,
-    Unsubscribe,
-    parse_client_message,
-    parse_since,
-)
+from livepush.wire import ClientMessageError, Ping, Subscribe, Unsubscribe, parse_client_message
 
 log = logging.getLogger("livepush.ws")
 
@@ -37,6 +31,7 @@ class WsConnection:
     """A WebSocket as the hub sees it: writes go straight to the asyncio transport."""
 
     format = Format.WS
+    __slots__ = ("_protocol", "_transport", "buffered", "write")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
@@ -53,7 +48,6 @@ class WsConnection:
         protocol = self._protocol
         if protocol.close_sent or self._transport.is_closing():
             return
-        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": int(code)})
         protocol.conn.send_close(int(code))
         self._transport.write(b"".join(protocol.conn.data_to_send()))
         protocol.close_sent = True
@@ -66,17 +60,38 @@ class WsConnection:
 
 
 class Session:
-    """One client's subscriptions on one socket, driven by its messages."""
+    """One client's subscriptions on one socket, driven by its messages; never awaits.
 
-    def __init__(self, conn: WsConnection, hub: Hub, max_feeds: int) -> None:
+    A subscribe that this node can serve from memory completes at once; one that
+    needs the broker runs as a short task owned by the hub, and later messages about
+    the same feed (unsubscribe, subscribe again) cancel it, so order is kept.
+    """
+
+    __slots__ = (
+        "_allowance",
+        "_checked",
+        "_strikes",
+        "conn",
+        "hub",
+        "is_closed",
+        "max_feeds",
+        "pending",
+        "runtime",
+        "subs",
+    )
+
+    def __init__(self, conn: WsConnection, runtime: Any) -> None:
         self.conn = conn
-        self.hub = hub
-        self.max_feeds = max_feeds
+        self.runtime = runtime
+        self.hub: Hub = runtime.hub
+        self.max_feeds: int = runtime.settings.max_feeds_per_connection
         self.subs: dict[str, Subscription] = {}
-        self.closed = False
+        self.pending: dict[str, asyncio.Task[None]] = {}
+        self.is_closed = False
         self._allowance = 2 * MESSAGE_RATE
         self._checked = time.monotonic()
         self._strikes = 0
+        runtime.ws_connections += 1
 
     def error(self, code: str, message: str) -> None:
         self.conn.send("error", {"type": "error", "code": code, "message": message})
@@ -95,7 +110,7 @@ class Session:
         self._allowance -= 1
         return True
 
-    async def receive(self, data: str | bytes) -> None:
+    def receive(self, data: bytes) -> None:
         if not self._within_rate():
             self.error("rate_limited", f"at most {MESSAGE_RATE:g} messages per second")
             return
@@ -107,22 +122,44 @@ class Session:
         if isinstance(message, Ping):
             self.conn.send("pong", {"type": "pong"})
         elif isinstance(message, Unsubscribe):
-            sub = self.subs.pop(message.feed, None)
-            if sub is None:
+            if not self._leave(message.feed):
                 self.error("not_subscribed", f"not subscribed to {message.feed}")
-            else:
-                self.hub.unsubscribe(sub)
         else:
-            await self.subscribe(message)
+            self.subscribe(message)
 
-    async def subscribe(self, message: Subscribe) -> None:
-        old = self.subs.pop(message.feed, None)
-        if old is not None:
-            self.hub.unsubscribe(old)
+    def _leave(self, feed: str) -> bool:
+        task = self.pending.pop(feed, None)
+        if task is not None:
+            task.cancel()
+        sub = self.subs.pop(feed, None)
+        if sub is not None:
+            self.hub.unsubscribe(sub)
+        return task is not None or sub is not None
+
+    def subscribe(self, message: Subscribe) -> None:
+        self._leave(message.feed)
         self.subs = {feed: sub for feed, sub in self.subs.items() if sub.live}
-        if len(self.subs) >= self.max_feeds:
+        if len(self.subs) + len(self.pending) >= self.max_feeds:
             self.error("too_many_feeds", f"at most {self.max_feeds} feeds per connection")
             return
+        if message.receipts and not self.runtime.publishers.is_publisher(message.token):
+            # Subscriber counts are the newsroom's business: editors only.
+            self.error("forbidden", "receipts need a publisher token in `token`")
+            message = Subscribe(feed=message.feed, since=message.since, epoch=message.epoch)
+        feed, since, epoch = message.feed, message.since, message.epoch
+        sub = self.hub.try_join(self.conn, feed, since, epoch, receipts=message.receipts)
+        if sub is not None:
+            self.subs[feed] = sub
+            return
+        task = self.hub.spawn(self._subscribe(message))
+        self.pending[feed] = task
+        task.add_done_callback(lambda _: self._settled(feed, task))
+
+    def _settled(self, feed: str, task: asyncio.Task[None]) -> None:
+        if self.pending.get(feed) is task:
+            del self.pending[feed]
+
+    async def _subscribe(self, message: Subscribe) -> None:
         try:
             sub = await self.hub.subscribe(
                 self.conn, message.feed, message.since, message.epoch, receipts=message.receipts
@@ -131,21 +168,30 @@ class Session:
             self.error("broker_unavailable", "the broker is unavailable; retry shortly")
             return
         if sub is None:
-            return
-        if self.closed:
+            return  # reset
+        if self.is_closed:
             self.hub.unsubscribe(sub)
         else:
             self.subs[message.feed] = sub
 
-    def close(self) -> None:
-        self.closed = True
+    def closed(self) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self.runtime.ws_connections -= 1
+        for task in list(self.pending.values()):
+            task.cancel()
         for sub in self.subs.values():
             self.hub.unsubscribe(sub)
         self.subs.clear()
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """`GET /v1/ws`: the SPEC's WebSocket endpoint (with the `?feed=&since=` shortcut)."""
+    """`GET /v1/ws`: the SPEC's WebSocket endpoint (with the `?feed=&since=` shortcut).
+
+    Starlette does the handshake; then the socket is detached from ASGI and the
+    session is driven by the protocol's callbacks (see transports/uvicorn.py).
+    """
     runtime = websocket.app.state.runtime
     if not runtime.origin_allowed(websocket.headers.get("origin")):
         await websocket.close(code=CloseCode.POLICY)  # before accept: answered with 403
@@ -156,35 +202,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=CloseCode.INTERNAL_ERROR)
         return
     await websocket.accept()
-    session = Session(
-        WsConnection(protocol), runtime.hub, runtime.settings.max_feeds_per_connection
-    )
-    runtime.ws_connections += 1
-    try:
-        feed = websocket.query_params.get("feed")
-        if feed is not None:
-            await _subscribe_from_query(session, websocket, feed)
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("text")
-            await session.receive(data if data is not None else message.get("bytes") or b"")
-    except WebSocketDisconnect:
-        pass
-    finally:
-        session.close()
-        runtime.ws_connections -= 1
-
-
-async def _subscribe_from_query(session: Session, websocket: WebSocket, feed: str) -> None:
+    if protocol.transport.is_closing():
+        return
+    session = Session(WsConnection(protocol), runtime)
     query = websocket.query_params
+    feed = query.get("feed")
+    protocol.detach(session)
+    if feed is not None:
+        _subscribe_from_query(session, feed, query.get("since"), query.get("epoch"))
+
+
+def _subscribe_from_query(
+    session: Session, feed: str, since: str | None, epoch: str | None
+) -> None:
     if not is_feed_name(feed):
         session.error("bad_feed", "feed must match ^[a-z0-9][a-z0-9._-]{0,127}$")
         return
-    try:
-        since = parse_since(int(query["since"])) if "since" in query else None
-    except (ValueError, ClientMessageError):
-        session.error("bad_since", "since must be a non-negative integer")
-        return
-    await session.subscribe(Subscribe(feed, since, query.get("epoch")))
+    position = None
+    if since is not None:
+        if not (since.isascii() and since.isdigit() and len(since) <= 18):
+            session.error("bad_since", "since must be a non-negative integer")
+            return
+        position = int(since)
+    session.subscribe(Subscribe(feed, position, epoch))

@@ -22,17 +22,18 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM} (set LIVEPUSH_CHROMIUM); browsers are never downloaded"
+        pytest.fail(
+            f"no Chromium at {CHROMIUM} (./dev test installs Debian's; set LIVEPUSH_CHROMIUM); "
+            "browsers are never downloaded"
         )
     with sync_playwright() as playwright:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield browser

@@ -47,14 +47,7 @@ def site() -> Iterator[str]:
     thread.join()
 
 
-CORS_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="the server sends no Access-Control-Allow-Origin on /v1/feeds/{feed}/events "
-    "(nor on /snapshot, which the client fetches after a reset)",
-)
-
-
-@pytest.mark.parametrize("transport", ["ws", pytest.param("sse", marks=CORS_GAP)])
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 def test_another_site_receives_events(
     page: Page, server: Server, site: str, transport: str
 ) -> None:
