@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.helpers import article, open_reader
-from tests.support import Server
+from tests.support import RedisServer, Server
 
 RECEIPT = r"reached (\d[\d,]*) subscribers? on 1 node, fan-out \d+\.\d ms"
 
@@ -65,3 +66,26 @@ def test_editor_keeps_the_token_and_reports_a_refused_one(page: Page, server: Se
     expect(page.locator(".ed-publish .ed-notice")).to_have_text("The publisher token was refused")
     page.reload()
     expect(page.locator(".ed-settings input[name=token]")).to_have_value("wrong-token")
+
+
+def test_the_console_on_node_a_counts_subscribers_on_node_b_too(
+    page: Page,
+    context: BrowserContext,
+    redis_server: RedisServer,
+    start_server: Callable[..., Server],
+) -> None:
+    node_a, node_b = start_server(redis_server.url), start_server(redis_server.url)
+    readers = [context.new_page() for _ in range(3)]
+    for reader in readers:
+        open_reader(reader, node_b, "two-nodes")
+    open_console(page, node_a, "two-nodes")
+
+    page.fill(".ed-publish textarea[name=body]", "Seen on both nodes.")
+    page.click(".ed-publish button[type=submit]")
+    line = page.locator(".ed-list li").first.locator(".ed-propagation").nth(0)
+    # Totals arrive as each node reports: wait for both nodes' figures, summed.
+    expect(line).to_have_text(
+        re.compile(r"^Published #1: reached 4 subscribers on 2 nodes, fan-out \d+\.\d ms$")
+    )
+    for reader in readers:
+        expect(reader.locator(".lp-entry")).to_have_count(1)
