@@ -29,6 +29,7 @@ from livepush.metrics import registry_for
 from livepush.model import CloseCode, is_feed_name
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.sse import SseConnection
+from livepush.transports.uvicorn import LivepushWebSocketProtocol
 from livepush.transports.ws import websocket_endpoint
 
 log = logging.getLogger("livepush")
@@ -148,6 +149,8 @@ async def editor_page(request: Request) -> Response:
 def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     """The livepush ASGI app for `settings`; the broker is made from them unless given."""
     runtime = Runtime(settings, broker or make_broker(settings))
+    # uvicorn builds the protocol per connection from a class: the setting lives on it.
+    LivepushWebSocketProtocol.compression = settings.ws_compression
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

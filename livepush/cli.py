@@ -27,6 +27,7 @@ FLAG_ENV = {
     "ping_interval": "LIVEPUSH_PING_INTERVAL",
     "publish_rate": "LIVEPUSH_PUBLISH_RATE",
     "drain_seconds": "LIVEPUSH_DRAIN_SECONDS",
+    "ws_compression": "LIVEPUSH_WS_COMPRESSION",
     "demo": "LIVEPUSH_DEMO",
     "log_level": "LIVEPUSH_LOG_LEVEL",
 }
@@ -58,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--ping-interval", type=float, help="server ping seconds (default 20)")
     serve.add_argument("--publish-rate", type=float, help="publishes/s per token; 0: no limit")
     serve.add_argument("--drain-seconds", type=float, help="SIGTERM grace period (default 10)")
+    serve.add_argument(
+        "--ws-compression",
+        choices=["off", "shared"],
+        help="permessage-deflate: off (default) or shared (compressed once per event)",
+    )
     serve.add_argument(
         "--no-demo",
         dest="demo",

@@ -31,6 +31,7 @@ class Settings:
     sse_keepalive: float = 15.0
     publish_rate: float = 50.0  # publishes per second per token (burst: twice that)
     drain_seconds: float = 10.0
+    ws_compression: str = "off"  # "shared": permessage-deflate, compressed once per event
     demo: bool = True  # seed the `demo` feed on the in-process broker
     log_level: str = "info"
     generated_token: bool = field(default=False, compare=False)
@@ -48,6 +49,8 @@ class Settings:
             raise ConfigError("history size must be 0..1000000")
         if self.max_buffer < 1024:
             raise ConfigError("max buffer must be at least 1024 bytes")
+        if self.ws_compression not in ("off", "shared"):
+            raise ConfigError("ws compression must be off or shared")
         if not self.publish_tokens and not is_loopback(self.host):
             raise ConfigError(
                 "no publisher token: set LIVEPUSH_PUBLISH_TOKENS (or --publish-token) "
@@ -83,6 +86,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "LIVEPUSH_SSE_KEEPALIVE": ("sse_keepalive", float),
     "LIVEPUSH_PUBLISH_RATE": ("publish_rate", float),
     "LIVEPUSH_DRAIN_SECONDS": ("drain_seconds", float),
+    "LIVEPUSH_WS_COMPRESSION": ("ws_compression", str),
     "LIVEPUSH_DEMO": ("demo", lambda v: v.lower() not in ("0", "false", "no", "")),
     "LIVEPUSH_LOG_LEVEL": ("log_level", str),
 }

@@ -14,7 +14,7 @@ from livepush.brokers.base import Broker, Receipt
 from livepush.errors import BrokerUnavailable
 from livepush.history import Replay, Ring, decide
 from livepush.model import CloseCode, Event, History
-from livepush.wire import encode, sse_block, sse_message, ws_frame
+from livepush.wire import encode, sse_block, sse_message, ws_deflate_frame, ws_frame
 
 log = logging.getLogger("livepush.hub")
 
@@ -33,6 +33,7 @@ class Format(Enum):
     """How a subscription frames events: the same bytes go to every member of a format."""
 
     WS = "ws"
+    WS_DEFLATE = "ws-deflate"  # negotiated permessage-deflate: compressed once per event
     SSE = "sse"
 
 
@@ -43,6 +44,7 @@ def _sse_chunk(data: bytes) -> bytes:
 
 ENCODERS: dict[Format, Callable[[Event], bytes]] = {
     Format.WS: lambda event: ws_frame(event.payload),
+    Format.WS_DEFLATE: lambda event: ws_deflate_frame(event.payload),
     Format.SSE: lambda event: _sse_chunk(sse_block(event)),
 }
 

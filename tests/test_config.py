@@ -135,3 +135,13 @@ def test_settings_are_frozen() -> None:
     settings = load({}, {})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_ws_compression_is_off_by_default_and_shared_on_request() -> None:
+    assert load(environ={}).ws_compression == "off"
+    assert load(environ={"LIVEPUSH_WS_COMPRESSION": "shared"}).ws_compression == "shared"
+
+
+def test_an_unknown_ws_compression_is_refused() -> None:
+    with pytest.raises(ConfigError, match="compression"):
+        load(environ={"LIVEPUSH_WS_COMPRESSION": "per-socket"})

@@ -11,15 +11,26 @@ incoming frame. Selected by import string in `livepush.cli`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import NegotiationError
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.typing import ExtensionParameter
+
+from livepush.wire import DEFLATE_WINDOW_BITS
 
 SOCKET_EXTENSION = "livepush.socket"
 TRANSPORT_EXTENSION = "livepush.transport"
@@ -98,6 +109,31 @@ class _Keepalive:
             del self._sweeps[(self.loop, self.interval)]
 
 
+class SharedDeflateFactory(ServerPerMessageDeflateFactory):
+    """permessage-deflate that livepush can serve from one compressed frame per event.
+
+    No context takeover either way (no zlib state kept per socket), and the server's
+    window fixed at DEFLATE_WINDOW_BITS: a client that asks for a smaller one is
+    answered without compression rather than with a frame it cannot inflate.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            server_max_window_bits=DEFLATE_WINDOW_BITS,
+            client_max_window_bits=DEFLATE_WINDOW_BITS,
+        )
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        for name, value in params:
+            if name == "server_max_window_bits" and value and int(value) < DEFLATE_WINDOW_BITS:
+                raise NegotiationError("livepush compresses with a 4 KiB window")
+        return super().process_request_params(params, accepted_extensions)
+
+
 class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, exposed to the app as `livepush.socket`.
 
@@ -108,6 +144,17 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: MessageHandler | None = None
+    # Set once per process by create_app from LIVEPUSH_WS_COMPRESSION ("off", "shared").
+    compression: ClassVar[str] = "off"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.compression == "shared":
+            self.conn = ServerProtocol(
+                extensions=[SharedDeflateFactory()],
+                max_size=self.config.ws_max_size,
+                logger=logging.getLogger("uvicorn.error"),
+            )
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -30,11 +30,13 @@ STRIKES = 50
 class WsConnection:
     """A WebSocket as the hub sees it: writes go straight to the asyncio transport."""
 
-    format = Format.WS
-    __slots__ = ("_protocol", "_transport", "buffered", "write")
+    __slots__ = ("_protocol", "_transport", "buffered", "format", "write")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
+        # A socket that negotiated permessage-deflate gets the event's shared
+        # compressed frame (livepush only accepts it without context takeover).
+        self.format = Format.WS_DEFLATE if protocol.conn.extensions else Format.WS
         transport = protocol.transport
         self._transport = transport
         self.write = transport.write
