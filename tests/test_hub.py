@@ -1,0 +1,237 @@
+"""The hub on its own: ordering, holes, duplicates, slow subscribers and joins.
+
+The hub talks to connections through a small interface; here a connection is an
+in-memory recorder (nothing crosses a socket), and the broker is the in-process one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from livepush.api.ingest import entry_fields, new_entry_id
+from livepush.brokers.base import Receipt
+from livepush.brokers.memory import MemoryBroker
+from livepush.hub import Format, Hub
+from livepush.model import Change, CloseCode, Event, EventType
+from livepush.wire import entry_template, ws_frame
+
+FEED = "hub"
+
+
+class Recorder:
+    """A connection that keeps what it was sent; `backlog` plays unsent bytes."""
+
+    format = Format.WS
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.controls: list[dict[str, Any]] = []
+        self.closed: CloseCode | None = None
+        self.backlog = 0
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def buffered(self) -> int:
+        return self.backlog
+
+    def send(self, kind: str, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+
+    def close(self, code: CloseCode) -> None:
+        self.closed = code
+
+    def seqs(self) -> list[int]:
+        return [
+            orjson.loads(frame[2:] if frame[1] < 126 else frame[4:])["seq"] for frame in self.frames
+        ]
+
+
+class Listener:
+    """Forwards the broker's live stream to the hub, like app.py's wiring."""
+
+    def __init__(self) -> None:
+        self.hub: Hub | None = None
+
+    def deliver(self, event: Event) -> None:
+        assert self.hub is not None
+        self.hub.deliver(event)
+
+    def resync(self) -> None:
+        assert self.hub is not None
+        self.hub.resync()
+
+    def receipt(self, receipt: Receipt) -> None:
+        assert self.hub is not None
+        self.hub.receipt(receipt)
+
+
+async def _setup(history_size: int = 1000, max_buffer: int = 1 << 20) -> tuple[MemoryBroker, Hub]:
+    broker = MemoryBroker(history_size)
+    hub = Hub(broker, max_buffer=max_buffer)
+    await broker.start(hub)
+    return broker, hub
+
+
+async def _publish(broker: MemoryBroker, count: int) -> None:
+    for i in range(count):
+        entry_id = new_entry_id()
+        fields = entry_fields(
+            {"body": f"entry {i}"}, "2026-11-25T07:00:00.000Z", "2026-11-25T07:00:00.000Z"
+        )
+        await broker.publish(
+            FEED, Change(EventType.CREATED, entry_id, entry_template(entry_id, None, fields))
+        )
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_each_event_is_framed_once_and_the_same_bytes_go_to_every_subscriber() -> None:
+    broker, hub = await _setup()
+    conns = [Recorder() for _ in range(3)]
+    for conn in conns:
+        assert await hub.subscribe(conn, FEED, None, None) is not None
+    await _publish(broker, 2)
+    await _settle()
+    for conn in conns:
+        assert conn.seqs() == [1, 2]
+    assert conns[0].frames[0] is conns[1].frames[0] is conns[2].frames[0]
+    await hub.aclose()
+
+
+async def test_an_event_after_a_hole_waits_until_the_hole_is_filled_from_history() -> None:
+    broker, hub = await _setup()
+    conn = Recorder()
+    await hub.subscribe(conn, FEED, None, None)
+    await _publish(broker, 3)
+    await _settle()
+    history = await broker.history(FEED, 0, 10)
+    later = history.events[2]
+    # The live stream skips seq 4 and 5 (pub/sub dropped them); 6 arrives first.
+    hub.deliver(Event(FEED, later.epoch, 6, EventType.DELETED, b'{"seq":6}'))
+    assert conn.seqs() == [1, 2, 3]  # held, not delivered past the hole
+    await hub.aclose()
+
+
+async def test_a_hole_is_filled_from_history_in_order() -> None:
+    broker, hub = await _setup()
+    conn = Recorder()
+    await hub.subscribe(conn, FEED, None, None)
+    listener_hub = hub
+    await _publish(broker, 1)
+    await _settle()
+    # Publish two events the hub never hears about live, then a third it does.
+    broker._listener = None  # type: ignore[assignment]  # the live stream drops events
+    await _publish(broker, 2)
+    broker._listener = listener_hub
+    await _publish(broker, 1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if conn.seqs() == [1, 2, 3, 4]:
+            break
+    assert conn.seqs() == [1, 2, 3, 4]
+    await hub.aclose()
+
+
+async def test_a_duplicate_from_the_live_stream_is_dropped() -> None:
+    broker, hub = await _setup()
+    conn = Recorder()
+    await hub.subscribe(conn, FEED, None, None)
+    await _publish(broker, 2)
+    await _settle()
+    history = await broker.history(FEED, 0, 10)
+    hub.deliver(history.events[1])
+    assert conn.seqs() == [1, 2]
+    await hub.aclose()
+
+
+async def test_a_slow_subscriber_is_closed_with_1013_and_the_others_still_receive() -> None:
+    broker, hub = await _setup(max_buffer=1000)
+    slow, fast = Recorder(), Recorder()
+    await hub.subscribe(slow, FEED, None, None)
+    await hub.subscribe(fast, FEED, None, None)
+    await _publish(broker, 1)
+    await _settle()
+    slow.backlog = 5000
+    await _publish(broker, 2)
+    await _settle()
+    assert slow.closed is CloseCode.TRY_AGAIN_LATER
+    assert slow.seqs() == [1]
+    assert fast.seqs() == [1, 2, 3]
+    assert hub.slow_closed == 1
+    await hub.aclose()
+
+
+async def test_a_subscriber_with_since_gets_history_then_live_without_a_seam() -> None:
+    broker, hub = await _setup()
+    await _publish(broker, 5)
+    conn = Recorder()
+    joining = asyncio.ensure_future(hub.subscribe(conn, FEED, 2, None))
+    await _publish(broker, 2)  # published while it joins
+    assert await joining is not None
+    await _publish(broker, 1)
+    await _settle()
+    assert conn.controls[0]["type"] == "subscribed"
+    assert conn.seqs() == [3, 4, 5, 6, 7, 8]
+    await hub.aclose()
+
+
+async def test_a_second_subscriber_joins_from_memory_without_awaiting() -> None:
+    broker, hub = await _setup()
+    await hub.subscribe(Recorder(), FEED, None, None)
+    await _publish(broker, 4)
+    await _settle()
+    conn = Recorder()
+    sub = hub.try_join(conn, FEED, 1, None)
+    assert sub is not None
+    assert conn.seqs() == [2, 3, 4]
+    await hub.aclose()
+
+
+async def test_try_join_defers_to_the_broker_for_positions_the_node_does_not_hold() -> None:
+    _broker, hub = await _setup()
+    assert hub.try_join(Recorder(), FEED, 0, None) is None  # the feed is not watched yet
+    await hub.aclose()
+
+
+async def test_a_new_epoch_on_the_live_stream_resets_every_subscriber() -> None:
+    broker, hub = await _setup()
+    conn = Recorder()
+    subscribed = await hub.subscribe(conn, FEED, None, None)
+    assert subscribed is not None
+    await _publish(broker, 2)
+    await _settle()
+    renewed = await broker.renew_epoch(FEED, conn.controls[0]["epoch"])
+    await _publish(broker, 1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    resets = [c for c in conn.controls if c["type"] == "reset"]
+    assert resets == [{"type": "reset", "feed": FEED, "epoch": renewed, "head_seq": 3}]
+    assert not subscribed.live  # a WebSocket subscription ends with its reset
+    await hub.aclose()
+
+
+@pytest.mark.parametrize("count", [1000])
+async def test_concurrent_first_subscribers_all_register(count: int) -> None:
+    broker, hub = await _setup()
+    conns = [Recorder() for _ in range(count)]
+    subs = await asyncio.gather(*(hub.subscribe(conn, FEED, None, None) for conn in conns))
+    assert all(sub is not None for sub in subs)
+    await _publish(broker, 1)
+    await _settle()
+    assert all(conn.seqs() == [1] for conn in conns)
+    await hub.aclose()
+
+
+def test_ws_frames_are_unmasked_text_frames_of_the_payload() -> None:
+    frame = ws_frame(b'{"seq":1}')
+    assert frame[0] == 0x81
+    assert frame[1] == len(b'{"seq":1}')
+    assert frame[2:] == b'{"seq":1}'
