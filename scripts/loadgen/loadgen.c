@@ -108,11 +108,11 @@ static int64_t now_real_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static double cpu_seconds(void) {
+static double cpu_seconds(double *system) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
+    *system = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + *system;
 }
 
 /* ------------------------------------------------------------- histogram */
@@ -178,6 +178,7 @@ static struct {
     double max_us;
     double t0;
     double cpu0;
+    double sys0;
 } win;
 
 /* Counters for the whole run. */
@@ -487,12 +488,16 @@ static void on_close_frame(struct conn *c, const unsigned char *p, size_t len) {
     conn_close(c, 0);
 }
 
-/* Parse every complete frame in c->in; keep the partial tail. */
-static void parse_frames(struct conn *c, int64_t read_ns) {
+/*
+ * Parse every complete frame in buf[0, len); return how many bytes that used (the
+ * rest is the start of a frame). buf may be c->in, which a close frees: nothing
+ * touches buf once the connection is no longer open.
+ */
+static size_t parse_frames(struct conn *c, char *buf, size_t len, int64_t read_ns) {
     size_t pos = 0;
     while (c->state == CONN_OPEN) {
-        unsigned char *p = (unsigned char *)c->in + pos;
-        size_t avail = c->in_len - pos;
+        unsigned char *p = (unsigned char *)buf + pos;
+        size_t avail = len - pos;
         if (avail < 2) break;
         int fin = p[0] & 0x80, rsv1 = p[0] & 0x40, opcode = p[0] & 0x0f;
         int masked = p[1] & 0x80;
@@ -511,14 +516,11 @@ static void parse_frames(struct conn *c, int64_t read_ns) {
         if (plen > (64u << 20)) {
             logf_("frame of %llu bytes: giving up on the connection", (unsigned long long)plen);
             conn_close(c, 1);
-            return;
+            return 0;
         }
         size_t mask_at = h;
         if (masked) h += 4;
-        if (avail < h + plen) {
-            grow(&c->in, &c->in_cap, h + plen); /* a big frame: make room for it */
-            break;
-        }
+        if (avail < h + plen) break;
         unsigned char *payload = p + h;
         if (masked) { /* servers must not mask; unmask anyway */
             for (uint64_t i = 0; i < plen; i++) payload[i] ^= p[mask_at + (i & 3)];
@@ -550,11 +552,30 @@ static void parse_frames(struct conn *c, int64_t read_ns) {
             }
         }
     }
+    return pos;
+}
+
+/*
+ * Keep the unparsed tail of buf (a partial frame) in the connection's own buffer,
+ * which exists only while there is one: 5,000 idle 32 KiB buffers would cost 160 MiB
+ * and scatter every read over memory.
+ */
+static void keep_tail(struct conn *c, const char *buf, size_t len, size_t used) {
     if (c->state != CONN_OPEN) return;
-    if (pos > 0) {
-        memmove(c->in, c->in + pos, c->in_len - pos);
-        c->in_len -= pos;
+    size_t rest = len - used;
+    if (rest == 0) {
+        free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        return;
     }
+    if (buf == c->in) {
+        memmove(c->in, c->in + used, rest);
+    } else {
+        grow(&c->in, &c->in_cap, rest);
+        memcpy(c->in, buf + used, rest);
+    }
+    c->in_len = rest;
 }
 
 static int header_has(const char *headers, const char *name, const char *needle) {
@@ -604,15 +625,24 @@ static void on_handshake_bytes(struct conn *c, int64_t read_ns) {
         int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"feed\":\"%s\"}", opt.feed);
         send_frame(c, 1, msg, (size_t)n);
     }
-    parse_frames(c, read_ns);
+    keep_tail(c, c->in, c->in_len, parse_frames(c, c->in, c->in_len, read_ns));
     open_more();
 }
 
+/* Reads land in one shared buffer unless a partial frame waits in the connection's. */
+static char rx[256 * 1024];
+
 static void on_readable(struct conn *c) {
     for (int i = 0; i < 4 && (c->state == CONN_HANDSHAKE || c->state == CONN_OPEN); i++) {
-        grow(&c->in, &c->in_cap, c->in_len + 16384);
-        size_t room = c->in_cap - c->in_len;
-        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        int direct = c->state == CONN_OPEN && c->in_len == 0;
+        char *dst = rx;
+        size_t room = sizeof rx;
+        if (!direct) {
+            grow(&c->in, &c->in_cap, c->in_len + 16384);
+            dst = c->in + c->in_len;
+            room = c->in_cap - c->in_len;
+        }
+        ssize_t n = recv(c->fd, dst, room, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
             if (!c->subscribed && run.failed < 3)
                 logf_("closed by the server before subscribing: %s",
@@ -623,9 +653,13 @@ static void on_readable(struct conn *c) {
         if (n < 0) return;
         int64_t read_ns = now_real_ns();
         win.bytes += (uint64_t)n;
-        c->in_len += (size_t)n;
-        if (c->state == CONN_HANDSHAKE) on_handshake_bytes(c, read_ns);
-        else parse_frames(c, read_ns);
+        if (direct) {
+            keep_tail(c, rx, (size_t)n, parse_frames(c, rx, (size_t)n, read_ns));
+        } else {
+            c->in_len += (size_t)n;
+            if (c->state == CONN_HANDSHAKE) on_handshake_bytes(c, read_ns);
+            else keep_tail(c, c->in, c->in_len, parse_frames(c, c->in, c->in_len, read_ns));
+        }
         if ((size_t)n < room) return; /* drained */
     }
 }
@@ -653,7 +687,9 @@ static void on_writable(struct conn *c) {
 
 static void print_report(const char *event, int64_t first, int64_t last) {
     double wall = now_mono() - win.t0;
-    double cpu = cpu_seconds() - win.cpu0;
+    double sys;
+    double cpu = cpu_seconds(&sys) - win.cpu0;
+    sys -= win.sys0;
     uint64_t expected_each = last >= first && first > 0 ? (uint64_t)(last - first + 1) : 0;
     uint64_t expected = 0, unique = 0, lost = 0, behind = 0;
     for (int i = 0; i < opt.conns; i++) {
@@ -683,7 +719,7 @@ static void print_report(const char *event, int64_t first, int64_t last) {
            "\"behind\":%llu,\"dups\":%llu,\"gaps\":%llu,\"no_timestamp\":%llu,"
            "\"resets\":%llu,\"errors\":%llu,\"other_events\":%llu,\"bytes\":%llu,"
            "\"latency_ms\":{\"count\":%llu,\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
-           "\"wall_seconds\":%.6f,\"cpu_seconds\":%.6f,\"hist\":[",
+           "\"wall_seconds\":%.6f,\"cpu_seconds\":%.6f,\"cpu_system_seconds\":%.6f,\"hist\":[",
            event, opt.name, opt.conns, run.subscribed, run.failed, run.closed,
            (unsigned long long)run.close_codes[0], (unsigned long long)run.close_codes[1],
            (unsigned long long)run.close_codes[2], (unsigned long long)run.close_codes[3],
@@ -696,7 +732,7 @@ static void print_report(const char *event, int64_t first, int64_t last) {
            (unsigned long long)win.no_timestamp, (unsigned long long)win.resets,
            (unsigned long long)win.errors, (unsigned long long)win.other_events,
            (unsigned long long)win.bytes, (unsigned long long)total, p50 / 1000.0,
-           p99 / 1000.0, p999 / 1000.0, win.max_us / 1000.0, wall, cpu);
+           p99 / 1000.0, p999 / 1000.0, win.max_us / 1000.0, wall, cpu, sys);
     int sep = 0;
     for (int i = 0; i < HIST_BUCKETS; i++) {
         if (!hist[i]) continue;
@@ -712,7 +748,7 @@ static void reset_window(void) {
     memset(hist, 0, sizeof hist);
     for (int i = 0; i < opt.conns; i++) conns[i].unique = 0;
     win.t0 = now_mono();
-    win.cpu0 = cpu_seconds();
+    win.cpu0 = cpu_seconds(&win.sys0);
 }
 
 /* ---------------------------------------------------------------- control */
@@ -867,7 +903,7 @@ int main(int argc, char **argv) {
     int connecting_started = 0;
     reset_window();
 
-    struct epoll_event events[512];
+    static struct epoll_event events[4096];
     while (!quit_requested) {
         double now = now_mono();
         if (now >= hard_stop) {
@@ -889,7 +925,7 @@ int main(int argc, char **argv) {
             print_report("report", report_req.first, report_req.last);
         }
 
-        int ready = epoll_wait(epfd, events, 512, 5);
+        int ready = epoll_wait(epfd, events, 4096, 5);
         if (ready < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");

@@ -1,0 +1,576 @@
+"""Pieces of the fan-out benchmark: child processes, CPU accounting, ingest, loadgens.
+
+scripts/bench.py puts them together; nothing here decides what is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil  # type: ignore[import-untyped]
+import redis.asyncio as redis
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN_SRC = ROOT / "scripts" / "loadgen" / "loadgen.c"
+LOADGEN_BIN = ROOT / "scripts" / "loadgen" / "bin" / "loadgen"
+LOGS = ROOT / "test-artifacts" / "bench"
+FEED = "bench"
+TOKEN = "bench"
+CONNS_PER_LOADGEN = 5000  # well under the 20,000 open files one process may hold
+
+
+# ---------------------------------------------------------------- children
+
+
+class Child:
+    """A child process that is always stopped: SIGTERM, a bounded wait, then SIGKILL."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def spawned(name: str, argv: list[str], **kwargs: Any) -> AsyncIterator[Child]:
+    proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+    child = Child(name, proc)
+    try:
+        yield child
+    finally:
+        await child.stop()
+
+
+@contextlib.asynccontextmanager
+async def redis_server(name: str) -> AsyncIterator[int]:
+    """A private redis-server on a free loopback port, without persistence; yields the port."""
+    port = free_port()
+    with log_file(name) as log:
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+        argv += ["--appendonly", "no"]
+        async with spawned(name, argv, stdout=log, stderr=log) as child:
+            await wait_for_port(port, child, 20)
+            yield port
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def log_file(name: str) -> Any:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    return open(LOGS / f"{name}.log", "wb")  # closed by the caller
+
+
+def log_tail(name: str, lines: int = 15) -> str:
+    path = LOGS / f"{name}.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def wait_for_port(port: int, child: Child, within: float) -> None:
+    """Until the port accepts a connection; fail early if the child died."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if child.proc.returncode is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise RuntimeError(f"{child.name} did not listen on {port} within {within} s")
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and all its descendants."""
+    user = system = 0.0
+    for proc in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            user += t.user
+            system += t.system
+    return user, system
+
+
+def tree_cpu_exact(pid: int) -> float | None:
+    """On-CPU seconds of a process tree from /proc/*/task/*/schedstat (nanoseconds).
+
+    psutil's cpu_times tick at 10 ms, too coarse for a short window; schedstat counts
+    every thread's run time exactly but does not split user from system.
+    """
+    total_ns = 0
+    for proc in process_tree(pid):
+        try:
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                total_ns += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    return total_ns / 1e9
+
+
+@dataclass(frozen=True)
+class MachineSample:
+    """Per-core CPU times of the machine and the CPU seconds of this run's processes."""
+
+    cores: list[Any]
+    ours: float
+
+    @staticmethod
+    def take() -> MachineSample:
+        return MachineSample(psutil.cpu_times(percpu=True), sum(tree_cpu_seconds(os.getpid())))
+
+
+@dataclass(frozen=True)
+class MachineUse:
+    """CPU seconds the machine spent between two samples, and on whose behalf.
+
+    foreign = busy - this run's processes. Softirq is not subtracted: this kernel
+    charges it to the process it interrupted (the loopback TCP work of a send lands
+    in the sender's system time) and also shows it as softirq. Counting the other
+    processes one by one does worse: a reaped child brings its whole life's CPU.
+    """
+
+    wall_seconds: float
+    core_busy_seconds: tuple[float, ...]  # server core 0, load core 1
+    softirq_seconds: float  # mostly loopback TCP work, already inside the processes' times
+    foreign_seconds: float  # busy time that is not this run's: contamination
+
+    @staticmethod
+    def between(before: MachineSample, after: MachineSample) -> MachineUse:
+        busy = []
+        softirq = 0.0
+        for b, a in zip(before.cores, after.cores, strict=True):
+            busy.append((sum(a) - a.idle - a.iowait) - (sum(b) - b.idle - b.iowait))
+            softirq += (a.softirq + a.irq) - (b.softirq + b.irq)
+        wall = (sum(after.cores[0]) - sum(before.cores[0])) or 1.0
+        foreign = max(0.0, sum(busy) - (after.ours - before.ours))
+        return MachineUse(wall, tuple(busy), softirq, foreign)
+
+    def __add__(self, other: MachineUse) -> MachineUse:
+        return MachineUse(
+            self.wall_seconds + other.wall_seconds,
+            tuple(
+                a + b for a, b in zip(self.core_busy_seconds, other.core_busy_seconds, strict=True)
+            ),
+            self.softirq_seconds + other.softirq_seconds,
+            self.foreign_seconds + other.foreign_seconds,
+        )
+
+    @property
+    def foreign_pct(self) -> float:
+        return self.foreign_seconds / self.wall_seconds * 100
+
+    @property
+    def softirq_pct(self) -> float:
+        return self.softirq_seconds / self.wall_seconds * 100
+
+    @property
+    def core_busy(self) -> list[float]:
+        return [busy / self.wall_seconds for busy in self.core_busy_seconds]
+
+
+def tree_rss(pid: int) -> int:
+    total = 0
+    for proc in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total
+
+
+# ------------------------------------------------------------------- HTTP
+
+
+# Servers close idle keep-alive connections (uvicorn after 5 s). A request on one the
+# server is closing fails, and a POST must not be retried blindly (it could publish
+# twice), so a connection idle this long is replaced before it is used.
+IDLE_RECONNECT = 2.0
+
+
+class HttpConnection:
+    """A minimal keep-alive HTTP/1.1 client: cheap enough to stay off the measurement."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        if self.writer is not None and time.monotonic() - self.last_used > IDLE_RECONNECT:
+            self.close()
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.last_used = time.monotonic()
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        status_and_headers = await self.reader.readuntil(b"\r\n\r\n")
+        lines = status_and_headers.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        response_headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            response_headers[name.strip().lower()] = value.strip()
+        if "content-length" in response_headers:
+            payload = await self.reader.readexactly(int(response_headers["content-length"]))
+        elif response_headers.get("transfer-encoding") == "chunked":
+            payload = b""
+            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                payload += await self.reader.readexactly(size)
+                await self.reader.readexactly(2)
+            await self.reader.readuntil(b"\r\n")
+        else:
+            payload = b""
+        if response_headers.get("connection") == "close":
+            self.close()
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+# ---------------------------------------------------------------- entries
+
+PARAGRAPHS = [
+    "The jury returned to the courtroom at 14:32 after a little under four hours of "
+    "deliberation. The defendant stood, hands folded, as the foreperson passed the verdict "
+    "sheet to the clerk.",
+    "Prosecutors had argued that the transfers made through the shell company in March "
+    "were the payment for the rifles recovered at the warehouse, pointing to the invoices "
+    "and to the messages read out on the second day of the trial.",
+    "The defence maintained throughout that the money was a loan between relatives and that "
+    "its client never saw the crates. Counsel told reporters outside that an appeal was "
+    '"all but certain" and asked for privacy for the family.',
+    "Sentencing is expected next month. The judge thanked the jurors, reminded them not to "
+    "discuss their deliberations with anyone, and excused them from further service for "
+    "five years.",
+]
+TITLES = ["WEAPONS PURCHASE", "CONVICTION", "VERDICT", "SENTENCING DATE", "STATEMENT"]
+
+
+def entry_fields(index: int, body: str) -> dict[str, Any]:
+    return {
+        "title": TITLES[index % len(TITLES)],
+        "body": body,
+        "author": "Court reporter",
+        "tags": ["trial", "live"],
+        "meta": {"t": time.time_ns()},
+    }
+
+
+def body_for_size(entry_size: int) -> str:
+    """Paragraphs cut so that the whole entry.created event is about entry_size bytes."""
+    overhead = len(floor_event(1, entry_fields(0, ""), "x" * 16))
+    want = max(1, entry_size - overhead)
+    text = "<p>" + "</p><p>".join(PARAGRAPHS) + "</p>"
+    while len(text) < want:
+        text += text
+    return text[:want]
+
+
+def floor_event(seq: int, fields: dict[str, Any], entry_id: str) -> bytes:
+    """The entry.created JSON livepush would send for these fields (ingest.entry_fields)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    entry = {
+        "id": entry_id,
+        "seq": seq,
+        "published_at": now,
+        "updated_at": now,
+        "title": fields["title"],
+        "body": fields["body"],
+        "author": fields["author"],
+        "tags": fields["tags"],
+        "pinned": False,
+        "meta": fields["meta"],
+    }
+    return orjson.dumps({"type": "entry.created", "feed": FEED, "seq": seq, "entry": entry})
+
+
+class FloorPublisher:
+    """PUBLISHes finished events to Redis in seq order (one at a time, so order holds)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.client = redis.Redis(host="127.0.0.1", port=redis_port)
+        self.seq = 0
+        self.lock = asyncio.Lock()
+
+    async def publish(self, fields: dict[str, Any]) -> int:
+        async with self.lock:
+            self.seq += 1
+            seq = self.seq
+            fields["meta"]["t"] = time.time_ns()
+            await self.client.publish(f"floor:feed:{FEED}", floor_event(seq, fields, f"{seq:016d}"))
+        return seq
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class LivepushPublisher:
+    """POSTs entries over a small pool of keep-alive connections; the server assigns seqs."""
+
+    def __init__(self, port: int, connections: int) -> None:
+        self.pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        for _ in range(connections):
+            self.pool.put_nowait(HttpConnection(port))
+        self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    async def publish(self, fields: dict[str, Any]) -> int:
+        connection = await self.pool.get()
+        try:
+            fields["meta"]["t"] = time.time_ns()
+            status, body = await asyncio.wait_for(
+                connection.request(
+                    "POST", f"/v1/feeds/{FEED}/entries", orjson.dumps(fields), self.headers
+                ),
+                10,
+            )
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            connection.close()
+            raise
+        finally:
+            self.pool.put_nowait(connection)
+        if status != 201:
+            raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
+        seq: int = orjson.loads(body)["seq"]
+        return seq
+
+    async def aclose(self) -> None:
+        while not self.pool.empty():
+            self.pool.get_nowait().close()
+
+
+Publisher = FloorPublisher | LivepushPublisher
+
+
+@dataclass
+class PublishResult:
+    seqs: list[int]
+    errors: int
+    seconds: float  # first send to last send, plus one interval: count/rate when on time
+
+    @property
+    def first(self) -> int:
+        return min(self.seqs) if self.seqs else 0
+
+    @property
+    def last(self) -> int:
+        return max(self.seqs) if self.seqs else 0
+
+    def contiguous(self) -> bool:
+        return len(self.seqs) == self.last - self.first + 1 == len(set(self.seqs))
+
+
+async def publish_paced(
+    publisher: Publisher, rate: float, count: int, body: str, concurrency: int
+) -> PublishResult:
+    """Publish `count` entries on a fixed schedule (entry i at start + i/rate).
+
+    A late send goes out at once, never skipped: if the server is slow the achieved
+    rate falls, and the caller sees it in `seconds`.
+    """
+    seqs: list[int] = []
+    errors = 0
+    next_index = 0
+    start = time.monotonic() + 0.05
+    last_send = start
+
+    async def worker() -> None:
+        nonlocal next_index, errors, last_send
+        while next_index < count:
+            index = next_index
+            next_index += 1
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            last_send = max(last_send, time.monotonic())
+            try:
+                seqs.append(await publisher.publish(entry_fields(index, body)))
+            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError) as error:
+                errors += 1
+                if errors <= 3:
+                    print(f"  publish failed: {error}", file=sys.stderr)
+
+    budget = count / rate + 60
+    async with asyncio.timeout(budget), asyncio.TaskGroup() as workers:
+        for _ in range(concurrency):
+            workers.create_task(worker())
+    return PublishResult(seqs, errors, last_send - start + 1 / rate)
+
+
+# ---------------------------------------------------------------- loadgen
+
+
+def build_loadgen() -> None:
+    """Compile the load generator when the binary is missing or older than its source."""
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC), "-lz"],
+        check=True,
+        timeout=120,
+    )
+
+
+class Loadgen:
+    """One loadgen process under --control: commands on stdin, JSON lines on stdout."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.child.proc.stdout is not None
+        while line := await self.child.proc.stdout.readline():
+            self.lines.put_nowait(json.loads(line))
+
+    async def send(self, command: str) -> None:
+        assert self.child.proc.stdin is not None
+        self.child.proc.stdin.write(command.encode() + b"\n")
+        await self.child.proc.stdin.drain()
+
+    async def expect(self, event: str, within: float) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.child.name}: no {event!r} within {within} s")
+            line = await asyncio.wait_for(self.lines.get(), remaining)
+            if line["event"] == event:
+                return line
+
+
+@contextlib.asynccontextmanager
+async def loadgens(
+    port: int, total: int, label: str, deflate: bool, subscribe: str, deadline: float
+) -> AsyncIterator[list[Loadgen]]:
+    """Enough loadgen processes for `total` connections, all stopped on the way out."""
+    sizes = split_evenly(total, max(1, -(-total // CONNS_PER_LOADGEN)))
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for i, size in enumerate(sizes):
+            argv = [
+                str(LOADGEN_BIN),
+                "--port",
+                str(port),
+                "--feed",
+                FEED,
+                "--conns",
+                str(size),
+                "--subscribe",
+                subscribe,
+                "--deadline",
+                str(int(deadline)),
+                "--control",
+                "--name",
+                f"{label}-{i}",
+            ]
+            if deflate:
+                argv.append("--deflate")
+            child = await stack.enter_async_context(
+                spawned(
+                    f"loadgen {label}-{i}",
+                    argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=64 << 20,
+                )
+            )
+            started.append(Loadgen(child))
+        try:
+            yield started
+        finally:
+            for lg in started:
+                with contextlib.suppress(OSError, RuntimeError):
+                    await lg.send("quit")
+                lg.reader.cancel()
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def connect_all(group: list[Loadgen], within: float) -> dict[str, Any]:
+    """Start every loadgen connecting at once; the wall time until all are subscribed."""
+    for lg in group:
+        await lg.send("connect")
+    lines = await asyncio.gather(*(lg.expect("subscribed", within) for lg in group))
+    return {
+        "seconds": max(x["all_subscribed_at"] for x in lines)
+        - min(x["connect_start"] for x in lines),
+        "subscribed": sum(x["subscribed"] for x in lines),
+        "failed": sum(x["failed"] for x in lines),
+        "deflate_accepted": sum(x["deflate_accepted"] for x in lines),
+    }
+
+
+# Same index -> value formula as loadgen.c hist_value (midpoint of the bucket, µs).
+def bucket_value(index: int) -> float:
+    if index < 128:
+        return float(index)
+    exponent = index // 128 + 6
+    mantissa = index % 128 + 128
+    return (mantissa << (exponent - 7)) + (1 << (exponent - 7)) / 2
+
+
+def percentile_ms(hist: dict[int, int], fraction: float) -> float:
+    total = sum(hist.values())
+    if not total:
+        return 0.0
+    seen = 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen >= total * fraction:
+            return bucket_value(index) / 1000
+    return bucket_value(max(hist)) / 1000
