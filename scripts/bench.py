@@ -33,8 +33,9 @@ How entries reach each server:
   floor:feed:bench. The floor's latency therefore has no HTTP ingest in it.
 Either way the publisher's send time (Unix ns) travels as entry "meta": {"t": ...}.
 
-The floor declines permessage-deflate, so --compression adds a livepush row with
-clients offering it, compared with the plain floor.
+The floor declines permessage-deflate, so --compression adds livepush rows with
+clients offering it, compared with the plain floor: one with livepush's default
+configuration, one with `--ws-compression shared` where the server has it.
 
 Run: .venv/bin/python scripts/bench.py [--servers floor,livepush] [--subscribers 5000]
      [--rate 10] [--duration 10] [--rounds 3] [--entry-size 1024] [--workers 2]
@@ -100,7 +101,8 @@ class Variant:
     label: str
     server: str  # "floor" or "livepush"
     workers: int = 1
-    deflate: bool = False
+    deflate: bool = False  # the clients offer permessage-deflate
+    server_flags: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -272,6 +274,7 @@ async def server_process(
             argv.append("--no-demo")
         if variant.workers > 1:
             argv += ["--workers", str(variant.workers)]
+        argv += variant.server_flags
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         argv = ["taskset", "-c", str(SERVER_CORE), *argv]
     with log_file(name) as log:
@@ -737,6 +740,10 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             chosen.append(Variant("livepush", "livepush"))
             if args.compression:
                 chosen.append(Variant("livepush deflate-offered", "livepush", deflate=True))
+                if "--ws-compression" in livepush_flags():
+                    flags = ("--ws-compression", "shared")
+                    label = "livepush deflate shared"
+                    chosen.append(Variant(label, "livepush", deflate=True, server_flags=flags))
             if args.workers > 1:
                 label = f"livepush {args.workers} workers"
                 chosen.append(Variant(label, "livepush", workers=args.workers))

@@ -26,7 +26,8 @@
  *
  * Costs it accepts: the Sec-WebSocket-Key is fixed (the RFC's sample), so the
  * accept header is checked against a constant; a connection whose server accepted
- * deflate keeps a 32 KiB inflate window (about 44 KiB with zlib's state).
+ * deflate with context takeover keeps a 32 KiB inflate window (about 44 KiB with
+ * zlib's state); with server_no_context_takeover all share one, reset per message.
  *
  * Build: gcc -O2 -o scripts/loadgen/bin/loadgen scripts/loadgen/loadgen.c -lz
  */
@@ -157,6 +158,7 @@ struct conn {
     int frag_rsv1;
     int in_fragment;
     z_stream *inflater; /* set when the server accepted permessage-deflate */
+    int inflater_shared; /* server_no_context_takeover: one stream, reset per message */
     int64_t last_seq;   /* 0 until the first event */
     uint64_t unique;    /* in-order events since reset */
     int close_code;
@@ -239,11 +241,11 @@ static void conn_close(struct conn *c, int failed) {
     free(c->frag);
     c->in = c->out = c->frag = NULL;
     c->in_cap = c->out_cap = c->frag_cap = 0;
-    if (c->inflater) {
+    if (c->inflater && !c->inflater_shared) {
         inflateEnd(c->inflater);
         free(c->inflater);
-        c->inflater = NULL;
     }
+    c->inflater = NULL;
     check_all_settled();
 }
 
@@ -433,6 +435,7 @@ static int inflate_message(struct conn *c, const char *data, size_t len, size_t 
     static const unsigned char tail[4] = {0x00, 0x00, 0xff, 0xff};
     z_stream *z = c->inflater;
     size_t produced = 0;
+    if (c->inflater_shared) inflateReset(z); /* each message stands alone */
     for (int part = 0; part < 2; part++) {
         z->next_in = (Bytef *)(part == 0 ? (const unsigned char *)data : tail);
         z->avail_in = (uInt)(part == 0 ? len : sizeof tail);
@@ -598,6 +601,8 @@ static void on_handshake_bytes(struct conn *c, int64_t read_ns) {
     int ok = strncmp(c->in, "HTTP/1.1 101", 12) == 0 &&
              header_has(c->in, "\nSec-WebSocket-Accept:", WS_ACCEPT);
     int deflate = header_has(c->in, "\nSec-WebSocket-Extensions:", "permessage-deflate");
+    int no_takeover =
+        header_has(c->in, "\nSec-WebSocket-Extensions:", "server_no_context_takeover");
     if (!ok) {
         if (run.failed < 3) logf_("handshake refused: %.200s", c->in);
         c->in[hlen - 1] = saved;
@@ -617,8 +622,19 @@ static void on_handshake_bytes(struct conn *c, int64_t read_ns) {
             return;
         }
         run.deflate_accepted++;
-        c->inflater = calloc(1, sizeof *c->inflater);
-        if (!c->inflater || inflateInit2(c->inflater, -15) != Z_OK) die("inflateInit2");
+        if (no_takeover) {
+            /* No window carries over between messages: one stream serves every
+               connection, instead of ~44 KiB of zlib state each. */
+            static z_stream shared;
+            static int shared_ready;
+            if (!shared_ready && inflateInit2(&shared, -15) != Z_OK) die("inflateInit2");
+            shared_ready = 1;
+            c->inflater = &shared;
+            c->inflater_shared = 1;
+        } else {
+            c->inflater = calloc(1, sizeof *c->inflater);
+            if (!c->inflater || inflateInit2(c->inflater, -15) != Z_OK) die("inflateInit2");
+        }
     }
     if (opt.mode == SUBSCRIBE_BY_MESSAGE) {
         char msg[200];
