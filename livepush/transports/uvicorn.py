@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -70,18 +71,23 @@ _DISCARD, _ALWAYS = _Discard(), _Always()
 
 
 class _Keepalive:
-    """Pings every open WebSocket of a loop from ONE timer, once per interval.
+    """Pings every open WebSocket of a loop from ONE timer, each once per interval.
 
-    uvicorn arms a timer per socket (about 600 bytes each); one sweep over a set costs
-    tens of bytes per socket. A ping unanswered by the next sweep closes the socket,
-    so the timeout equals the interval (SPEC: pinged every 20 s, closed if silent).
+    uvicorn arms a timer per socket (about 600 bytes each); here a socket costs a set
+    entry and a deque slot. The deque is in order of each socket's last ping; the
+    timer ticks TICKS times per interval and pings the sockets that are due, so
+    sockets that connected together are pinged together but 10,000 pings never pile
+    onto one tick (they would delay every delivery behind them). A ping still
+    unanswered when the socket is due again closes it: the timeout is the interval.
     """
 
+    TICKS = 20
     _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], _Keepalive]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop, self.interval = loop, interval
         self.sockets: set[LivepushWebSocketProtocol] = set()
+        self.turns: deque[LivepushWebSocketProtocol] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -92,19 +98,26 @@ class _Keepalive:
         return sweep
 
     def add(self, socket: LivepushWebSocketProtocol) -> None:
+        socket.ping_sent_at = self.loop.time()  # first ping one interval from now
         self.sockets.add(socket)
+        self.turns.append(socket)
         if self.timer is None:
-            self.timer = self.loop.call_later(self.interval, self.sweep)
+            self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
 
     def discard(self, socket: LivepushWebSocketProtocol) -> None:
-        self.sockets.discard(socket)
+        self.sockets.discard(socket)  # its deque slot goes when its turn comes
 
-    def sweep(self) -> None:
+    def tick(self) -> None:
         self.timer = None
-        for socket in list(self.sockets):
-            socket.sweep_ping()
-        if self.sockets:
-            self.timer = self.loop.call_later(self.interval, self.sweep)
+        turns, sockets = self.turns, self.sockets
+        due = self.loop.time() - self.interval
+        while turns and (turns[0] not in sockets or turns[0].ping_sent_at <= due):
+            socket = turns.popleft()
+            if socket in sockets:
+                socket.sweep_ping()
+                turns.append(socket)
+        if turns:
+            self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
         else:
             del self._sweeps[(self.loop, self.interval)]
 
@@ -195,13 +208,13 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def sweep_ping(self) -> None:
         """Called once per ping interval: give up on an unanswered ping, or send one."""
+        self.ping_sent_at = self.loop.time()  # its next turn, whatever happens now
         if self.close_sent or self.transport.is_closing():
             return
         if self.pending_ping_payload is not None:
             self.keepalive_timeout()  # closes with 1011: the peer did not answer in time
             return
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
-        self.ping_sent_at = self.loop.time()
         self.conn.send_ping(self.pending_ping_payload)
         self.transport.write(b"".join(self.conn.data_to_send()))
 
