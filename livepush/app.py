@@ -30,7 +30,7 @@ from livepush.model import CloseCode, is_feed_name
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.sse import SseConnection
 from livepush.transports.uvicorn import LivepushWebSocketProtocol
-from livepush.transports.ws import websocket_endpoint
+from livepush.transports.ws import FastHandshake, websocket_endpoint
 
 log = logging.getLogger("livepush")
 
@@ -151,6 +151,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
     LivepushWebSocketProtocol.compression = settings.ws_compression
+    LivepushWebSocketProtocol.fast_path = FastHandshake(runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -16,11 +16,13 @@ import random
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import (
@@ -35,6 +37,19 @@ from livepush.wire import DEFLATE_WINDOW_BITS
 
 SOCKET_EXTENSION = "livepush.socket"
 TRANSPORT_EXTENSION = "livepush.transport"
+
+
+WS_PATH = b"/v1/ws"
+
+
+class Handshaker(Protocol):
+    """What the fast WebSocket handshake asks of the app (implemented in ws.py)."""
+
+    def allowed(self, origin: str | None) -> bool:
+        """Whether a subscription from this Origin may open."""
+
+    def open(self, socket: LivepushWebSocketProtocol, query: str) -> None:
+        """The 101 is written: start the socket's session (and `?feed=` subscription)."""
 
 
 class MessageHandler(Protocol):
@@ -81,7 +96,7 @@ class _Keepalive:
     unanswered when the socket is due again closes it: the timeout is the interval.
     """
 
-    TICKS = 20
+    TICKS = 100
     _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], _Keepalive]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
@@ -157,6 +172,8 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: MessageHandler | None = None
+    # Set once per process by create_app: with it, /v1/ws upgrades skip ASGI entirely.
+    fast_path: ClassVar[Handshaker | None] = None
     # Set once per process by create_app from LIVEPUSH_WS_COMPRESSION ("off", "shared").
     compression: ClassVar[str] = "off"
 
@@ -174,6 +191,34 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
         scope: Any = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][SOCKET_EXTENSION] = self
+
+    def fast_connect(self, request: Request, query: str) -> None:
+        """The handshake without ASGI, for the one WebSocket route livepush serves.
+
+        websockets still validates the request and builds the answer (accept());
+        what is skipped is a second HTTP parse, the ASGI task, Starlette's routing and
+        middleware: most of a connection's set-up cost in a reconnect storm.
+        """
+        handshaker = self.fast_path
+        assert handshaker is not None
+        self.request = request
+        self.handshake_initiated = True
+        response = self.conn.accept(request)
+        if response.status_code == 101 and not handshaker.allowed(request.headers.get("Origin")):
+            response = self.conn.reject(HTTPStatus.FORBIDDEN, "This Origin may not subscribe.\n")
+        self.conn.send_response(response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if response.status_code != 101:
+            self.handshake_complete = self.close_sent = True
+            self.transport.close()
+            return
+        # websockets' parser still waits for the request httptools already parsed:
+        # from now on it parses frames (the state is OPEN, so parse() goes to frames).
+        self.conn.parser = self.conn.parse()
+        next(self.conn.parser)
+        self.handshake_complete = True
+        self.start_keepalive()
+        handshaker.open(self, query)
 
     def detach(self, handler: MessageHandler) -> None:
         """Hand the open socket to `handler`; the ASGI app must return right after."""
@@ -264,6 +309,30 @@ class LivepushHttpProtocol(HttpToolsProtocol):
     """
 
     on_shutdown: Callable[[], None] | None = None
+
+    def handle_websocket_upgrade(self) -> None:
+        path, _, query = self.url.partition(b"?")
+        ws_class: Any = self.ws_protocol_class
+        fast = (
+            path == WS_PATH
+            and isinstance(ws_class, type)
+            and issubclass(ws_class, LivepushWebSocketProtocol)
+            and ws_class.fast_path is not None
+        )
+        if not fast:
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)
+        scope: Any = self.scope
+        headers = Headers(
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        )
+        protocol = ws_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        protocol.fast_connect(Request(self.url.decode("latin-1"), headers), query.decode("latin-1"))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

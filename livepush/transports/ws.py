@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -13,7 +14,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
-from livepush.transports.uvicorn import SOCKET_EXTENSION
+from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
 from livepush.wire import ClientMessageError, Ping, Subscribe, Unsubscribe, parse_client_message
 
 log = logging.getLogger("livepush.ws")
@@ -204,14 +205,31 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=CloseCode.INTERNAL_ERROR)
         return
     await websocket.accept()
-    if protocol.transport.is_closing():
-        return
+    if not protocol.transport.is_closing():
+        open_session(protocol, runtime, websocket.scope["query_string"].decode("latin-1"))
+
+
+def open_session(protocol: LivepushWebSocketProtocol, runtime: Any, query: str) -> None:
+    """Start a handshaken socket's session, detached from ASGI, and its `?feed=` one."""
     session = Session(WsConnection(protocol), runtime)
-    query = websocket.query_params
-    feed = query.get("feed")
     protocol.detach(session)
+    params = dict(parse_qsl(query))
+    feed = params.get("feed")
     if feed is not None:
-        _subscribe_from_query(session, feed, query.get("since"), query.get("epoch"))
+        _subscribe_from_query(session, feed, params.get("since"), params.get("epoch"))
+
+
+class FastHandshake:
+    """The app's side of the WebSocket handshake that skips ASGI (transports/uvicorn.py)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def allowed(self, origin: str | None) -> bool:
+        return bool(self.runtime.origin_allowed(origin))
+
+    def open(self, socket: LivepushWebSocketProtocol, query: str) -> None:
+        open_session(socket, self.runtime, query)
 
 
 def _subscribe_from_query(
