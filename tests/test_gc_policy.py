@@ -1,0 +1,33 @@
+"""The GC policy freezes survivors so full collections stay short, and thaws them."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from livepush.app import GcPolicy
+
+
+@pytest.fixture(autouse=True)
+def _thawed() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+def test_a_tick_freezes_what_survived() -> None:
+    gc.unfreeze()
+    survivors = [[i] for i in range(1000)]
+    GcPolicy().tick()
+    assert gc.get_freeze_count() >= len(survivors)
+
+
+def test_every_thaw_period_the_frozen_objects_go_back_to_the_collector() -> None:
+    policy = GcPolicy()
+    ticks_per_thaw = int(GcPolicy.THAW_SECONDS / GcPolicy.FREEZE_SECONDS)
+    for _ in range(ticks_per_thaw - 1):
+        policy.tick()
+    assert gc.get_freeze_count() > 0
+    policy.tick()
+    assert gc.get_freeze_count() == 0
