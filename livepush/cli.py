@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ws-compression",
         choices=["off", "shared"],
-        help="permessage-deflate: off (default) or shared (compressed once per event)",
+        help="permessage-deflate: shared (default: compressed once per event) or off",
     )
     serve.add_argument(
         "--no-demo",
@@ -112,8 +112,9 @@ def serve(args: argparse.Namespace) -> int:
         ws_max_size=64 * 1024,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_interval,
-        # Declined: a deflate context costs tens of KiB per socket and one compression
-        # per subscriber per event; see README "Compression".
+        # uvicorn's own permessage-deflate keeps a context per socket (tens of KiB) and
+        # compresses once per subscriber per event: never. livepush negotiates its own
+        # (--ws-compression shared), compressed once per event; see README "Compression".
         ws_per_message_deflate=False,
         # A connect storm overflows a small listen backlog: dropped SYNs retry after 1 s.
         backlog=8192,

@@ -31,7 +31,9 @@ class Settings:
     sse_keepalive: float = 15.0
     publish_rate: float = 50.0  # publishes per second per token (burst: twice that)
     drain_seconds: float = 10.0
-    ws_compression: str = "off"  # "shared": permessage-deflate, compressed once per event
+    # "shared": permessage-deflate without context takeover, each event compressed once
+    # for every socket that accepted it; "off": decline it.
+    ws_compression: str = "shared"
     demo: bool = True  # seed the `demo` feed on the in-process broker
     log_level: str = "info"
     generated_token: bool = field(default=False, compare=False)

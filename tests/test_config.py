@@ -137,9 +137,9 @@ def test_settings_are_frozen() -> None:
         settings.port = 1  # type: ignore[misc]
 
 
-def test_ws_compression_is_off_by_default_and_shared_on_request() -> None:
-    assert load(environ={}).ws_compression == "off"
-    assert load(environ={"LIVEPUSH_WS_COMPRESSION": "shared"}).ws_compression == "shared"
+def test_ws_compression_is_shared_by_default_and_off_on_request() -> None:
+    assert load(environ={}).ws_compression == "shared"
+    assert load(environ={"LIVEPUSH_WS_COMPRESSION": "off"}).ws_compression == "off"
 
 
 def test_an_unknown_ws_compression_is_refused() -> None:

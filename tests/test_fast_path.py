@@ -71,7 +71,10 @@ async def test_subscribers_with_and_without_compression_get_the_same_bytes_in_or
         await ws.close()
 
 
-async def test_compression_is_declined_by_default_even_when_offered(server: Server) -> None:
+async def test_compression_off_declines_it_even_when_offered(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(LIVEPUSH_WS_COMPRESSION="off")
     ws = await websockets.connect(f"{server.ws_url}?feed={FEED}")
     assert _deflate(ws) is None
     assert orjson.loads(await ws.recv())["type"] == "subscribed"

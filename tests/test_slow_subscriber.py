@@ -92,7 +92,8 @@ async def test_a_client_too_slow_to_keep_up_gets_close_code_1013(
 ) -> None:
     server = start_server(LIVEPUSH_MAX_BUFFER="65536")
     # websockets stops reading from the socket while its queue is full (max_queue=1).
-    slow = await Client.connect(server.ws_url, max_queue=1)
+    # Uncompressed: the 60 KB bodies of x would deflate to almost nothing.
+    slow = await Client.connect(server.ws_url, max_queue=1, compression=None)
     await slow.subscribe(FEED)
     async with httpx.AsyncClient(timeout=10) as http:
         for i in range(400):  # bounded: kernel buffers on loopback hold several MB

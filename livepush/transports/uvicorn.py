@@ -175,7 +175,7 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
     # Set once per process by create_app: with it, /v1/ws upgrades skip ASGI entirely.
     fast_path: ClassVar[Handshaker | None] = None
     # Set once per process by create_app from LIVEPUSH_WS_COMPRESSION ("off", "shared").
-    compression: ClassVar[str] = "off"
+    compression: ClassVar[str] = "shared"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
