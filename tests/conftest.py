@@ -57,3 +57,16 @@ def any_server(
         yield start_server(redis.url)
     finally:
         redis.close()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def live(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One livepush per broker for a whole test module; each test uses its own feeds."""
+    redis = RedisServer().start() if request.param == "redis" else None
+    server = Server(redis.url if redis else None)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        if redis is not None:
+            redis.close()

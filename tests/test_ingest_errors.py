@@ -11,23 +11,10 @@ import httpx
 import pytest
 
 from livepush.api.ingest import now_rfc3339
-from tests.support import RedisServer, Server, wait_until
+from tests.support import Server, wait_until
 
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 MAX_BODY = 64 * 1024
-
-
-@pytest.fixture(scope="module", params=["memory", "redis"])
-def live(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """One livepush per broker for the whole module; each test uses its own feed."""
-    redis = RedisServer().start() if request.param == "redis" else None
-    server = Server(redis.url if redis else None)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        if redis is not None:
-            redis.close()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -11,20 +11,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.support import Client, RedisServer, Server, apost
-
-
-@pytest.fixture(scope="module", params=["memory", "redis"])
-def live(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """One livepush per broker for the whole module; each test uses its own feeds."""
-    redis = RedisServer().start() if request.param == "redis" else None
-    server = Server(redis.url if redis else None)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        if redis is not None:
-            redis.close()
+from tests.support import Client, Server, apost
 
 
 def new_feed() -> str:
