@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,6 +29,7 @@ from livepush.errors import Conflict, LivepushError, RateLimited
 from livepush.hub import Hub
 from livepush.metrics import registry_for
 from livepush.model import CloseCode, is_feed_name
+from livepush.pages import render_editor, render_reader
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.sse import SseConnection
 from livepush.transports.uvicorn import LivepushWebSocketProtocol
@@ -127,14 +129,10 @@ async def client_js(request: Request) -> Response:
 
 
 async def reader_page(request: Request) -> Response:
-    from livepush.pages import render_reader
-
     feed = request.path_params.get("feed", DEMO_FEED)
     if not is_feed_name(feed):
         raise HTTPException(404, "no such feed")
     snapshot = await request.app.state.runtime.broker.snapshot(feed, 50, None)
-    import orjson
-
     page = render_reader(
         feed, orjson.loads(feeds.snapshot_body(snapshot)), asset_version=__version__
     )
@@ -142,8 +140,6 @@ async def reader_page(request: Request) -> Response:
 
 
 async def editor_page(request: Request) -> Response:
-    from livepush.pages import render_editor
-
     return HTMLResponse(render_editor(asset_version=__version__))
 
 
