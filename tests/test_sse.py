@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -41,11 +42,14 @@ async def read_events(
     ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        async for block in sse_blocks(response):
-            if "comment" not in block:
-                blocks.append(block)
-            if len(blocks) >= count:
-                break
+        # aclosing: a generator left suspended would keep the stream's connection
+        # open past the test (an unclosed-transport warning when it is collected).
+        async with contextlib.aclosing(sse_blocks(response)) as stream:
+            async for block in stream:
+                if "comment" not in block:
+                    blocks.append(block)
+                if len(blocks) >= count:
+                    break
     return blocks
 
 
@@ -86,8 +90,10 @@ async def test_another_epoch_gets_event_reset_and_the_stream_continues(any_serve
     async with (
         httpx.AsyncClient(timeout=10) as http,
         http.stream("GET", url) as response,
+        contextlib.AsyncExitStack() as stack,
     ):
-        blocks = (block async for block in sse_blocks(response) if "comment" not in block)
+        stream = await stack.enter_async_context(contextlib.aclosing(sse_blocks(response)))
+        blocks = (block async for block in stream if "comment" not in block)
         reset = await anext(blocks)
         assert reset["event"] == "reset"
         assert orjson.loads(reset["data"])["head_seq"] == 2
@@ -105,8 +111,9 @@ async def test_idle_streams_get_keep_alive_comments(start_server: Callable[..., 
     async with (
         httpx.AsyncClient(timeout=10) as http,
         http.stream("GET", url) as response,
+        contextlib.aclosing(sse_blocks(response)) as stream,
     ):
-        comments = [b async for b in _take(sse_blocks(response), 4) if "comment" in b]
+        comments = [b async for b in _take(stream, 4) if "comment" in b]
     assert "keep-alive" in [c["comment"] for c in comments]
 
 
