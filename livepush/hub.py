@@ -100,6 +100,7 @@ class _Feed:
     recent: Ring = field(default_factory=lambda: Ring(RECENT_EVENTS))
     pending: dict[int, Event] = field(default_factory=dict)
     filling: asyncio.Task[None] | None = None
+    subscribed: dict[Format, tuple[str, int, bytes]] = field(default_factory=dict)
     retire: asyncio.TimerHandle | None = None
 
     def empty(self) -> bool:
@@ -213,15 +214,7 @@ class Hub:
         events = state.recent.after(since, state.head) if since <= state.head else None
         if events is None:
             return False
-        sub.conn.send(
-            "subscribed",
-            {
-                "type": "subscribed",
-                "feed": state.name,
-                "epoch": state.epoch,
-                "head_seq": state.head,
-            },
-        )
+        self._send_subscribed(state, sub, state.epoch, state.head)
         sub.last_seq = since
         self._go_live(state, sub, events)
         return True
@@ -246,15 +239,7 @@ class Hub:
             self._reset(sub, history.epoch, history.head_seq)
             return True
         if sub.last_seq < 0:
-            sub.conn.send(
-                "subscribed",
-                {
-                    "type": "subscribed",
-                    "feed": state.name,
-                    "epoch": history.epoch,
-                    "head_seq": history.head_seq,
-                },
-            )
+            self._send_subscribed(state, sub, history.epoch, history.head_seq)
         sub.last_seq = decision.since
         for event in history.events:
             if event.seq == sub.last_seq + 1:
@@ -268,6 +253,17 @@ class Hub:
             return False
         self._go_live(state, sub, events)
         return True
+
+    def _send_subscribed(self, state: _Feed, sub: Subscription, epoch: str, head: int) -> None:
+        """Write `subscribed`, encoded once per feed position and format: a reconnect
+        storm of thousands of joiners at one head costs one encoding."""
+        fmt = sub.conn.format
+        cached = state.subscribed.get(fmt)
+        if cached is None or cached[0] != epoch or cached[1] != head:
+            message = {"type": "subscribed", "feed": state.name, "epoch": epoch, "head_seq": head}
+            frame = sse_control("subscribed", message) if fmt is Format.SSE else control(message)
+            cached = state.subscribed[fmt] = (epoch, head, frame)
+        sub.write(cached[2])
 
     def _go_live(self, state: _Feed, sub: Subscription, catch_up: list[Event]) -> None:
         for event in catch_up:

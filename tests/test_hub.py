@@ -34,7 +34,11 @@ class Recorder:
         self.backlog = 0
 
     def write(self, data: bytes) -> None:
-        self.frames.append(data)
+        message = orjson.loads(_payload(data))
+        if message["type"].startswith("entry."):
+            self.frames.append(data)
+        else:
+            self.controls.append(message)  # `subscribed` is written pre-encoded too
 
     def buffered(self) -> int:
         return self.backlog
@@ -46,9 +50,12 @@ class Recorder:
         self.closed = code
 
     def seqs(self) -> list[int]:
-        return [
-            orjson.loads(frame[2:] if frame[1] < 126 else frame[4:])["seq"] for frame in self.frames
-        ]
+        return [orjson.loads(_payload(frame))["seq"] for frame in self.frames]
+
+
+def _payload(frame: bytes) -> bytes:
+    """The payload of an unmasked server frame (short or 16-bit length)."""
+    return frame[2:] if frame[1] < 126 else frame[4:]
 
 
 class Listener:
