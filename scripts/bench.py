@@ -745,8 +745,14 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         elif server == "livepush":
             chosen.append(Variant("livepush", "livepush"))
             if args.compression:
-                chosen.append(Variant("livepush deflate-offered", "livepush", deflate=True))
-                if "--ws-compression" in livepush_flags():
+                if "--ws-compression" not in livepush_flags():
+                    chosen.append(Variant("livepush deflate-offered", "livepush", deflate=True))
+                else:
+                    # Clients offer deflate; the server declines it (off), or shares one
+                    # compressed frame per event (shared, the default since it landed).
+                    off = ("--ws-compression", "off")
+                    label = "livepush deflate-offered, off"
+                    chosen.append(Variant(label, "livepush", deflate=True, server_flags=off))
                     flags = ("--ws-compression", "shared")
                     label = "livepush deflate shared"
                     chosen.append(Variant(label, "livepush", deflate=True, server_flags=flags))
