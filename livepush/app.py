@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -25,7 +26,7 @@ from livepush.auth import Publishers, origin_allowed
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
-from livepush.errors import Conflict, LivepushError, RateLimited
+from livepush.errors import BrokerUnavailable, Conflict, LivepushError, RateLimited
 from livepush.hub import Hub
 from livepush.metrics import registry_for
 from livepush.model import CloseCode, is_feed_name
@@ -51,6 +52,8 @@ class Runtime:
         self.published = 0
         self.draining = False
         self.registry = registry_for(self)
+        self.node = secrets.token_hex(6)  # names this process in the feeds' presence
+        self._reported: set[str] = set()
 
     def origin_allowed(self, origin: str | None) -> bool:
         return origin_allowed(origin, self.settings.allowed_origins)
@@ -58,6 +61,24 @@ class Runtime:
     def subscribers(self, feed: str) -> int:
         state = self.hub.feeds.get(feed)
         return 0 if state is None else sum(len(subs) for subs in state.groups.values())
+
+    async def total_subscribers(self, feed: str) -> int:
+        """This node's subscribers of `feed` now, plus every other node's last report."""
+        return self.subscribers(feed) + await self.broker.subscribers(feed, self.node)
+
+    def report_presence(self) -> None:
+        """Tell the broker this node's subscriber counts (off the delivery path)."""
+        counts = {feed: self.subscribers(feed) for feed in self.hub.feeds}
+        counts.update({feed: 0 for feed in self._reported - counts.keys()})
+        self._reported = {feed for feed, count in counts.items() if count}
+        if counts:
+            self.hub.spawn(self._publish_presence(counts))
+
+    async def _publish_presence(self, counts: dict[str, int]) -> None:
+        try:
+            await self.broker.publish_presence(self.node, counts)
+        except BrokerUnavailable:
+            return  # counts only: the next report, once Redis is back, corrects them
 
     def keepalive(self) -> None:
         for stream in list(self.sse_streams):
@@ -158,12 +179,14 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         loop = asyncio.get_running_loop()
         keepalive = _Repeat(loop, settings.sse_keepalive, runtime.keepalive)
         freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, GcPolicy().tick)
+        presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
         try:
             yield
         finally:
             runtime.draining = True
             keepalive.cancel()
             freezer.cancel()
+            presence.cancel()
             runtime.hub.close_all(CloseCode.SERVICE_RESTART)
             await runtime.hub.aclose()
             await runtime.broker.aclose()
@@ -209,6 +232,10 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     )
     app.state.runtime = runtime
     return app
+
+
+# How often each node reports its subscriber counts per feed to the broker.
+PRESENCE_SECONDS = 2.0
 
 
 class GcPolicy:

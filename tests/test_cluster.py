@@ -72,3 +72,34 @@ async def test_workers_share_the_port_and_every_subscriber_gets_every_event(
             await client.close()
     finally:
         server.stop()
+
+
+async def test_feed_info_counts_the_subscribers_on_every_node(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    node_a, node_b = start_server(redis_server.url), start_server(redis_server.url)
+    on_a = [await Client.connect(node_a.ws_url) for _ in range(2)]
+    on_b = [await Client.connect(node_b.ws_url) for _ in range(3)]
+    for client in on_a + on_b:
+        await client.subscribe(FEED)
+
+    async def subscribers(node: Server) -> int:
+        async with httpx.AsyncClient() as http:
+            count: int = (await http.get(f"{node.base_url}/v1/feeds/{FEED}")).json()["subscribers"]
+            return count
+
+    async def eventually(node: Server, expected: int) -> None:
+        # Other nodes report every 2 s: wait on the condition, bounded.
+        for _ in range(100):
+            if await subscribers(node) == expected:
+                return
+            await asyncio.sleep(0.1)
+        assert await subscribers(node) == expected
+
+    await eventually(node_a, 5)
+    await eventually(node_b, 5)
+    for client in on_b:
+        await client.close()
+    await eventually(node_a, 2)
+    for client in on_a:
+        await client.close()

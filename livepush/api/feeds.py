@@ -30,7 +30,10 @@ def _json(body: bytes) -> Response:
 
 
 async def feed_info(request: Request) -> Response:
-    """`GET /v1/feeds/{feed}`: epoch, head and this node's subscribers."""
+    """`GET /v1/feeds/{feed}`: epoch, head and the subscribers on every node.
+
+    Other nodes' counts are their last report (every 2 s); this node's are live.
+    """
     runtime = request.app.state.runtime
     feed = feed_of(request)
     history = await runtime.broker.history(feed, 0, 0)
@@ -40,7 +43,7 @@ async def feed_info(request: Request) -> Response:
                 "feed": feed,
                 "epoch": history.epoch,
                 "head_seq": history.head_seq,
-                "subscribers": runtime.subscribers(feed),
+                "subscribers": await runtime.total_subscribers(feed),
             }
         )
     )

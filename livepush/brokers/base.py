@@ -86,6 +86,12 @@ class Broker(Protocol):
     async def report(self, feed: str, seq: int, delivered: int, fanout_ms: float) -> None:
         """Add this node's delivery figures for an event to the totals editors see."""
 
+    async def publish_presence(self, node: str, counts: dict[str, int]) -> None:
+        """Record this node's subscriber count per feed (0: none any more)."""
+
+    async def subscribers(self, feed: str, node: str) -> int:
+        """The subscribers of `feed` on every node but `node`, as last reported."""
+
     async def ready(self) -> bool:
         """Whether publishing would work now."""
 

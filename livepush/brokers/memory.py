@@ -162,6 +162,12 @@ class MemoryBroker:
         if self._listener is not None:
             self._listener.receipt(Receipt(feed, seq, delivered, 1, fanout_ms))
 
+    async def publish_presence(self, node: str, counts: dict[str, int]) -> None:
+        return None  # one process: there is no other node to tell
+
+    async def subscribers(self, feed: str, node: str) -> int:
+        return 0
+
     async def ready(self) -> bool:
         return True
 

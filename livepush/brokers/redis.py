@@ -35,6 +35,9 @@ RECONNECT_MIN, RECONNECT_MAX = 0.05, 5.0
 # A pub/sub connection that has been silent this long is pinged, so a dead peer
 # (a cable pulled, a paused VM) is noticed without waiting for TCP's own timeouts.
 IDLE_PING_SECONDS = 5.0
+# A node's subscriber counts stay valid this long: it reports far more often, so only
+# a node that died stops counting.
+PRESENCE_TTL = 15.0
 
 
 def _key(feed: str, name: str) -> str:
@@ -93,6 +96,8 @@ class RedisBroker:
         self._snapshot = self._redis.register_script(_script("snapshot.lua"))
         self._receipt = self._redis.register_script(_script("receipt.lua"))
         self._renew = self._redis.register_script(_script("renew.lua"))
+        self._presence = self._redis.register_script(_script("presence.lua"))
+        self._subscribers = self._redis.register_script(_script("subscribers.lua"))
         self._listener: Listener | None = None
         self._pubsub: PubSub | None = None
         self._channels: dict[str, str] = {}  # channel -> feed, for every watched feed
@@ -177,6 +182,14 @@ class RedisBroker:
         keys = [_key(feed, "receipts"), channel_of(feed)]
         args = [seq, delivered, f"{fanout_ms:.3f}", self._publish_command]
         await self._call(self._receipt, keys, args)
+
+    async def publish_presence(self, node: str, counts: dict[str, int]) -> None:
+        ttl_ms = int(PRESENCE_TTL * 1000)
+        for feed, count in counts.items():
+            await self._call(self._presence, [_key(feed, "nodes")], [node, count, ttl_ms])
+
+    async def subscribers(self, feed: str, node: str) -> int:
+        return int(await self._call(self._subscribers, [_key(feed, "nodes")], [node]))
 
     async def ready(self) -> bool:
         try:
