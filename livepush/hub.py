@@ -310,7 +310,7 @@ class Hub:
         if state is None:
             state = self.feeds[name] = _Feed(name)
             state.synced = asyncio.get_running_loop().create_future()
-            self._spawn(self._watch(state))
+            self.spawn(self._watch(state))
         elif state.retire is not None:
             state.retire.cancel()
             state.retire = None
@@ -326,7 +326,7 @@ class Hub:
                 del self.feeds[state.name]
             state.synced.set_exception(error)
             state.synced.exception()  # retrieved: joiners see it through shield()
-            self._spawn(self.broker.unwatch(state.name))
+            self.spawn(self.broker.unwatch(state.name))
             return
         state.epoch, state.head = history.epoch, history.head_seq
         state.synced.set_result(None)
@@ -344,7 +344,7 @@ class Hub:
         del self.feeds[state.name]
         if state.filling is not None:
             state.filling.cancel()
-        self._spawn(self.broker.unwatch(state.name))
+        self.spawn(self.broker.unwatch(state.name))
 
     # Delivering (the Listener interface)
 
@@ -375,16 +375,22 @@ class Hub:
         if len(state.pending) < MAX_PENDING:
             state.pending[event.seq] = event
 
-    def _drain_pending(self, state: _Feed) -> None:
+    def _advance_pending(self, state: _Feed) -> None:
+        """Deliver the held events that now follow the head, in order; drop the passed.
+
+        An event of another epoch stays held: the catch-up that reads the new epoch's
+        history resets the feed and keeps it only if it belongs to that life.
+        """
         pending = state.pending
-        while pending:
-            event = pending.pop(state.head + 1, None)
-            if event is None or event.epoch != state.epoch:
-                break
+        while (event := pending.get(state.head + 1)) is not None and event.epoch == state.epoch:
+            del pending[event.seq]
             self._advance(state, event)
         for seq in [seq for seq in pending if seq <= state.head]:
             del pending[seq]
-        if pending:
+
+    def _drain_pending(self, state: _Feed) -> None:
+        self._advance_pending(state)
+        if state.pending:
             self._catch_up(state)
 
     def _advance(self, state: _Feed, event: Event) -> None:
@@ -424,7 +430,7 @@ class Hub:
 
     def _catch_up(self, state: _Feed) -> None:
         if state.filling is None and state.synced is not None and state.synced.done():
-            state.filling = self._spawn(self._fill(state))
+            state.filling = self.spawn(self._fill(state))
 
     async def _fill(self, state: _Feed) -> None:
         """Read history after this node's head until the feed is whole again."""
@@ -450,14 +456,8 @@ class Hub:
                     for event in history.events:
                         if event.seq == state.head + 1:
                             self._advance(state, event)
-                stale = [seq for seq in state.pending if seq <= state.head]
-                for seq in stale:
-                    del state.pending[seq]
+                self._advance_pending(state)
                 if not state.pending and history.head_seq <= state.head:
-                    return
-                while state.pending.get(state.head + 1) is not None:
-                    self._advance(state, state.pending.pop(state.head + 1))
-                if not state.pending:
                     return
                 if state.head == start_head:
                     # A hole history cannot fill yet (a replica behind?): back off.
@@ -494,7 +494,7 @@ class Hub:
                 return  # the next resync after the broker returns finds the same proof
             self._catch_up(state)
 
-        self._spawn(renew())
+        self.spawn(renew())
 
     def resync(self) -> None:
         """The broker's live stream was interrupted: catch every feed up from history."""
@@ -522,7 +522,7 @@ class Hub:
     def _flush_receipts(self) -> None:
         self._flusher = None
         batch, self._receipts = self._receipts, []
-        self._spawn(self._report(batch))
+        self.spawn(self._report(batch))
 
     async def _report(self, batch: list[tuple[str, int, int, float]]) -> None:
         for feed, seq, delivered, seconds in batch:
@@ -535,9 +535,6 @@ class Hub:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the hub owns: cancelled and awaited by aclose()."""
-        return self._spawn(coro)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

@@ -55,7 +55,6 @@ class MemoryBroker:
         self.history_size = history_size
         self._feeds: dict[str, _Feed] = {}
         self._listener: Listener | None = None
-        self._receipts: dict[tuple[str, int], Receipt] = {}
 
     def _feed(self, name: str) -> _Feed:
         feed = self._feeds.get(name)
