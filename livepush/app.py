@@ -32,8 +32,9 @@ from livepush.metrics import registry_for
 from livepush.model import CloseCode, is_feed_name
 from livepush.pages import render_editor, render_reader
 from livepush.seed import DEMO_FEED, seed_demo
+from livepush.transports.fastws import FastPath
 from livepush.transports.sse import SseConnection
-from livepush.transports.uvicorn import LivepushWebSocketProtocol
+from livepush.transports.uvicorn import LivepushHttpProtocol, LivepushWebSocketProtocol
 from livepush.transports.ws import FastHandshake, websocket_endpoint
 
 log = logging.getLogger("livepush")
@@ -49,6 +50,7 @@ class Runtime:
         self.publishers = Publishers(settings.publish_tokens, settings.publish_rate)
         self.sse_streams: set[SseConnection] = set()
         self.ws_connections = 0
+        self.gc = GcPolicy()
         self.published = 0
         self.draining = False
         self.registry = registry_for(self)
@@ -169,7 +171,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
     LivepushWebSocketProtocol.compression = settings.ws_compression
-    LivepushWebSocketProtocol.fast_path = FastHandshake(runtime)
+    LivepushHttpProtocol.fast_path = FastPath(FastHandshake(runtime), settings.ws_compression)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -178,7 +180,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             await seed_demo(runtime.broker)
         loop = asyncio.get_running_loop()
         keepalive = _Repeat(loop, settings.sse_keepalive, runtime.keepalive)
-        freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, GcPolicy().tick)
+        freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, runtime.gc.tick)
         presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
         try:
             yield
@@ -245,15 +247,29 @@ class GcPolicy:
     hundred thousand objects and a pause of hundreds of milliseconds, in the middle
     of deliveries. Every FREEZE_SECONDS the young generations are collected and the
     survivors frozen (gc.freeze): full collections then only walk what is newer.
-    Its cost: cyclic garbage among frozen objects (closed connections) waits until
-    the next thaw, every THAW_SECONDS, when one full collection frees it.
+    In a connect storm ten seconds is too long: thousands of new sockets would be
+    walked again by every full collection the storm triggers (about 40 µs of a
+    connection's set-up), so the young objects are also frozen after every
+    FREEZE_CONNECTIONS new connections (gc.freeze itself costs next to nothing).
+    Its cost: cyclic garbage among frozen objects waits until the next thaw, every
+    THAW_SECONDS, when one full collection frees it. Closed sockets leave none: their
+    cycles are broken when they close.
     """
 
     FREEZE_SECONDS = 10.0
     THAW_SECONDS = 600.0
+    FREEZE_CONNECTIONS = 500
 
     def __init__(self) -> None:
         self._since_thaw = 0.0
+        self._opened = 0
+
+    def opened(self) -> None:
+        """A connection opened."""
+        self._opened += 1
+        if self._opened >= self.FREEZE_CONNECTIONS:
+            self._opened = 0
+            gc.freeze()
 
     def tick(self) -> None:
         self._since_thaw += self.FREEZE_SECONDS

@@ -31,3 +31,14 @@ def test_every_thaw_period_the_frozen_objects_go_back_to_the_collector() -> None
     assert gc.get_freeze_count() > 0
     policy.tick()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_connect_storm_freezes_every_so_many_new_connections() -> None:
+    gc.unfreeze()
+    policy = GcPolicy()
+    sockets = [[i] for i in range(1000)]  # stand-ins for what connections allocate
+    for _ in range(GcPolicy.FREEZE_CONNECTIONS - 1):
+        policy.opened()
+    assert gc.get_freeze_count() == 0
+    policy.opened()
+    assert gc.get_freeze_count() >= len(sockets)

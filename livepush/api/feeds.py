@@ -96,4 +96,5 @@ async def feed_events(request: Request) -> EventStream:
     if not runtime.origin_allowed(request.headers.get("origin")):
         raise Forbidden("this origin may not subscribe")
     since, epoch = parse_position(request)
+    runtime.gc.opened()
     return EventStream(runtime.hub, runtime.sse_streams, feed, since, epoch)

@@ -14,6 +14,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
+from livepush.transports.fastws import FastSocket
 from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
 from livepush.wire import ClientMessageError, Ping, Subscribe, Unsubscribe, parse_client_message
 
@@ -33,7 +34,7 @@ class WsConnection:
 
     __slots__ = ("_protocol", "_transport", "buffered", "format", "write")
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, protocol: WebSocketsSansIOProtocol | FastSocket) -> None:
         self._protocol = protocol
         # A socket that negotiated permessage-deflate gets the event's shared
         # compressed frame (livepush only accepts it without context takeover).
@@ -95,6 +96,7 @@ class Session:
         self._checked = time.monotonic()
         self._strikes = 0
         runtime.ws_connections += 1
+        runtime.gc.opened()
 
     def error(self, code: str, message: str) -> None:
         self.conn.send("error", {"type": "error", "code": code, "message": message})
@@ -209,7 +211,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         open_session(protocol, runtime, websocket.scope["query_string"].decode("latin-1"))
 
 
-def open_session(protocol: LivepushWebSocketProtocol, runtime: Any, query: str) -> None:
+def open_session(
+    protocol: LivepushWebSocketProtocol | FastSocket, runtime: Any, query: str
+) -> None:
     """Start a handshaken socket's session, detached from ASGI, and its `?feed=` one."""
     session = Session(WsConnection(protocol), runtime)
     protocol.detach(session)
@@ -228,7 +232,7 @@ class FastHandshake:
     def allowed(self, origin: str | None) -> bool:
         return bool(self.runtime.origin_allowed(origin))
 
-    def open(self, socket: LivepushWebSocketProtocol, query: str) -> None:
+    def open(self, socket: FastSocket, query: str) -> None:
         open_session(socket, self.runtime, query)
 
 

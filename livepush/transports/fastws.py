@@ -1,0 +1,450 @@
+"""`/v1/ws` without ASGI: the WebSocket handshake and the open socket, lean per connection.
+
+In a reconnect storm every subscriber connects at once, so what one connection costs
+to set up decides how long the storm lasts. uvicorn's WebSocket protocol object is
+made for the ASGI conversation (a queue, an event, a task) and websockets' `accept()`
+builds a full `Headers` and `Response` per connection. Here a well-formed upgrade
+(GET, HTTP/1.1, one valid Sec-WebSocket-Key, version 13; httptools parsed it and
+uvicorn checked Connection and Upgrade) is answered from a template, its
+permessage-deflate offer negotiated once per distinct header value by websockets'
+own header parser and extension factory, and the socket is a `FastSocket`: a few
+slots around websockets' sans-I/O `ServerProtocol`, which parses every incoming
+frame. Anything else (a missing key, a malformed offer, another version) goes to
+websockets' complete handshake, which answers it as websockets does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import random
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, NegotiationError
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import Opcode
+from websockets.headers import build_extension, parse_extension
+from websockets.http11 import Request
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from websockets.typing import ExtensionName, ExtensionParameter
+
+from livepush.wire import DEFLATE_WINDOW_BITS
+
+log = logging.getLogger("uvicorn.error")
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+FORBIDDEN = b"This Origin may not subscribe.\n"
+
+
+class Handshaker(Protocol):
+    """What the fast WebSocket handshake asks of the app (implemented in ws.py)."""
+
+    def allowed(self, origin: str | None) -> bool:
+        """Whether a subscription from this Origin may open."""
+
+    def open(self, socket: Any, query: str) -> None:
+        """The 101 is written: start the socket's session (and `?feed=` subscription)."""
+
+
+class MessageHandler(Protocol):
+    """What an open socket feeds its client messages to."""
+
+    def receive(self, data: bytes) -> None:
+        """One complete client message (text or binary), in order; never awaits."""
+
+    def closed(self) -> None:
+        """The connection is gone."""
+
+
+class SharedDeflateFactory(ServerPerMessageDeflateFactory):
+    """permessage-deflate that livepush can serve from one compressed frame per event.
+
+    No context takeover either way (no zlib state kept per socket), and the server's
+    window fixed at DEFLATE_WINDOW_BITS: a client that asks for a smaller one is
+    answered without compression rather than with a frame it cannot inflate.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            server_max_window_bits=DEFLATE_WINDOW_BITS,
+            client_max_window_bits=DEFLATE_WINDOW_BITS,
+        )
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        for name, value in params:
+            if name == "server_max_window_bits" and value and int(value) < DEFLATE_WINDOW_BITS:
+                raise NegotiationError("livepush compresses with a 4 KiB window")
+        return super().process_request_params(params, accepted_extensions)
+
+
+class Keepalive:
+    """Pings every open WebSocket of a loop from ONE timer, each once per interval.
+
+    uvicorn arms a timer per socket (about 600 bytes each); here a socket costs a set
+    entry and a deque slot. The deque is in order of each socket's last ping; the
+    timer ticks TICKS times per interval and pings the sockets that are due, so
+    sockets that connected together are pinged together but 10,000 pings never pile
+    onto one tick (they would delay every delivery behind them). A ping still
+    unanswered when the socket is due again closes it: the timeout is the interval.
+    """
+
+    TICKS = 100
+    _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], Keepalive]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop, self.interval = loop, interval
+        self.sockets: set[Any] = set()
+        self.turns: deque[Any] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> Keepalive:
+        sweep = cls._sweeps.get((loop, interval))
+        if sweep is None:
+            sweep = cls._sweeps[(loop, interval)] = cls(loop, interval)
+        return sweep
+
+    def add(self, socket: Any) -> None:
+        """`socket` has `ping_sent_at` and `sweep_ping()`."""
+        socket.ping_sent_at = self.loop.time()  # first ping one interval from now
+        self.sockets.add(socket)
+        self.turns.append(socket)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
+
+    def discard(self, socket: Any) -> None:
+        self.sockets.discard(socket)  # its deque slot goes when its turn comes
+
+    def tick(self) -> None:
+        self.timer = None
+        turns, sockets = self.turns, self.sockets
+        due = self.loop.time() - self.interval
+        while turns and (turns[0] not in sockets or turns[0].ping_sent_at <= due):
+            socket = turns.popleft()
+            if socket in sockets:
+                socket.sweep_ping()
+                turns.append(socket)
+        if turns:
+            self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
+        else:
+            del self._sweeps[(self.loop, self.interval)]
+
+
+def keepalive_turn(socket: Any, unanswered: Callable[[], None]) -> None:
+    """A socket's turn in the Keepalive sweep: give up on an unanswered ping, or ping."""
+    socket.ping_sent_at = socket.loop.time()  # its next turn, whatever happens now
+    if socket.close_sent or socket.transport.is_closing():
+        return
+    if socket.pending_ping_payload is not None:
+        unanswered()  # closes with 1011: the peer did not answer in time
+        return
+    socket.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+    socket.conn.send_ping(socket.pending_ping_payload)
+    socket.transport.write(b"".join(socket.conn.data_to_send()))
+
+
+class _Negotiated(NamedTuple):
+    header: bytes  # the response's Sec-WebSocket-Extensions line, or b""
+    deflate: tuple[bool, bool, int, int, dict[str, Any]] | None  # PerMessageDeflate(*deflate)
+
+
+_NOTHING = _Negotiated(b"", None)
+
+
+class Upgrades:
+    """Answers well-formed upgrade requests from a template.
+
+    `answer()` returns None for anything it does not answer itself; that request
+    then goes through websockets' complete handshake (and its error responses).
+    Negotiations are cached per distinct Sec-WebSocket-Extensions value: browsers
+    of one kind all send the same one.
+    """
+
+    CACHE = 256
+
+    def __init__(self, compression: str) -> None:
+        self.factories = [SharedDeflateFactory()] if compression == "shared" else []
+        self._negotiated: dict[tuple[bytes, ...], _Negotiated | None] = {}
+
+    def answer(
+        self, method: str, http_version: str, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[Extension]] | None:
+        if method != "GET" or http_version != "1.1":
+            return None
+        key = version = None
+        keys = versions = 0
+        offers: list[bytes] = []
+        for name, value in headers:  # names arrive lower-cased from uvicorn
+            if name == b"sec-websocket-key":
+                key, keys = value, keys + 1
+            elif name == b"sec-websocket-version":
+                version, versions = value, versions + 1
+            elif name == b"sec-websocket-extensions":
+                offers.append(value)
+        if keys != 1 or versions != 1 or version != b"13" or not _valid_key(key):
+            return None
+        negotiated = self._negotiate(tuple(offers)) if offers and self.factories else _NOTHING
+        if negotiated is None:
+            return None
+        response = b"".join(
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
+                base64.b64encode(hashlib.sha1(key + GUID).digest()),  # type: ignore[operator]
+                b"\r\n",
+                negotiated.header,
+                b"\r\n",
+            )
+        )
+        extensions: list[Extension] = []
+        if negotiated.deflate is not None:
+            extensions.append(PerMessageDeflate(*negotiated.deflate))
+        return response, extensions
+
+    def _negotiate(self, offers: tuple[bytes, ...]) -> _Negotiated | None:
+        if offers in self._negotiated:
+            return self._negotiated[offers]
+        negotiated: _Negotiated | None = _NOTHING
+        try:
+            items = [item for offer in offers for item in parse_extension(offer.decode("latin-1"))]
+        except InvalidHandshake:
+            negotiated = None  # malformed: websockets answers it
+        else:
+            negotiated = self._first_accepted(items)
+        if len(self._negotiated) >= self.CACHE:
+            self._negotiated.clear()
+        self._negotiated[offers] = negotiated
+        return negotiated
+
+    def _first_accepted(
+        self, items: list[tuple[ExtensionName, Sequence[ExtensionParameter]]]
+    ) -> _Negotiated:
+        # As websockets' process_extensions with livepush's one factory: the first
+        # offer it accepts wins.
+        for name, params in items:
+            for factory in self.factories:
+                if factory.name != name:
+                    continue
+                try:
+                    answer, extension = factory.process_request_params(params, [])
+                except NegotiationError:
+                    continue
+                header = build_extension([(factory.name, answer)]).encode("latin-1")
+                return _Negotiated(
+                    b"Sec-WebSocket-Extensions: " + header + b"\r\n",
+                    (
+                        extension.remote_no_context_takeover,
+                        extension.local_no_context_takeover,
+                        extension.remote_max_window_bits,
+                        extension.local_max_window_bits,
+                        extension.compress_settings,
+                    ),
+                )
+        return _NOTHING
+
+
+def _valid_key(key: bytes | None) -> bool:
+    if key is None or len(key) != 24:
+        return False
+    try:
+        return len(binascii.a2b_base64(key, strict_mode=True)) == 16
+    except binascii.Error:
+        return False
+
+
+class FastPath:
+    """What the `/v1/ws` connections of one process share; set up by create_app."""
+
+    def __init__(self, handshaker: Handshaker, compression: str) -> None:
+        self.handshaker = handshaker
+        self.upgrades = Upgrades(compression)
+
+
+class FastSocket(asyncio.Protocol):
+    """An open `/v1/ws` socket: frames in through websockets, messages to a handler.
+
+    Sessions write events straight to `transport`; this object only reads. It never
+    pauses reading (messages go to the handler as they are parsed; the handler rate
+    limits them), pings through the process's one `Keepalive`, answers pings and
+    closes through websockets, and takes part in uvicorn's graceful shutdown
+    (`shutdown()`: close 1012, "service restart").
+    """
+
+    __slots__ = (
+        "close_sent",
+        "close_timer",
+        "conn",
+        "connections",
+        "frames",
+        "handler",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "read_paused",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        conn: ServerProtocol,
+        connections: set[Any],
+        ping_interval: float | None,
+    ) -> None:
+        self.transport, self.conn, self.connections = transport, conn, connections
+        self.loop = asyncio.get_running_loop()
+        self.ping_interval = ping_interval
+        self.handler: MessageHandler | None = None
+        self.close_sent = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.frames: list[bytes] = []
+        self.pending_ping_payload: bytes | None = None
+        self.ping_sent_at = 0.0
+        self.read_paused = False  # never paused: messages go to the handler as parsed
+        connections.add(self)
+
+    @classmethod
+    def take_over(
+        cls,
+        transport: asyncio.Transport,
+        scope: Any,
+        target: bytes,
+        fast: FastPath,
+        connections: set[Any],
+        max_size: int,
+        ping_interval: float | None,
+    ) -> None:
+        """Answer the upgrade request httptools parsed into `scope`; open the socket."""
+        headers = scope["headers"]
+        origin = next((value for name, value in headers if name == b"origin"), None)
+        if not fast.handshaker.allowed(None if origin is None else origin.decode("latin-1")):
+            transport.write(_plain_response(HTTPStatus.FORBIDDEN, FORBIDDEN))
+            transport.close()
+            return
+        answer = fast.upgrades.answer(scope["method"], scope["http_version"], headers)
+        if answer is not None:
+            response, extensions = answer
+            conn = ServerProtocol(state=OPEN, max_size=max_size, logger=log)
+            conn.extensions = extensions
+        else:
+            conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
+            request = Request(
+                target.decode("latin-1"),
+                Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+            )
+            reply = conn.accept(request)
+            conn.send_response(reply)
+            response = b"".join(conn.data_to_send())
+            if reply.status_code != 101:
+                transport.write(response)
+                transport.close()
+                return
+            # websockets' parser still waits for the request httptools parsed; the
+            # state is OPEN, so a fresh parser reads frames.
+            conn.parser = conn.parse()
+            next(conn.parser)
+        opened = cls(transport, conn, connections, ping_interval)
+        transport.set_protocol(opened)
+        if ping_interval:
+            Keepalive.of(opened.loop, ping_interval).add(opened)
+        transport.write(response)
+        fast.handshaker.open(opened, target.partition(b"?")[2].decode("latin-1"))
+
+    def detach(self, handler: MessageHandler) -> None:
+        """Feed this socket's client messages to `handler` from now on."""
+        self.handler = handler
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        events: list[Any] = conn.events_received()  # frames: the handshake is done
+        closing = False
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._message(frame.data)
+                else:
+                    self.frames = [frame.data]
+            elif opcode is Opcode.CONT:
+                self.frames.append(frame.data)
+                if frame.fin:
+                    message, self.frames = b"".join(self.frames), []
+                    self._message(message)
+            elif opcode is Opcode.PONG and frame.data == self.pending_ping_payload:
+                self.pending_ping_payload = None
+            elif opcode is Opcode.CLOSE:
+                closing = True
+        # Pongs, the answer to the peer's close, the close after a protocol error.
+        output = conn.data_to_send()
+        if output:
+            self.transport.write(b"".join(output))
+        if closing or conn.parser_exc is not None:
+            # The peer closed (or answered our close), or broke the protocol: done.
+            # After only OUR close, reading goes on until the peer answers it (or the
+            # close timer aborts): closing with its data unread would reset the
+            # connection and lose our close frame on the way.
+            self.close_sent = True
+            self.transport.close()
+
+    def _message(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is not None and not self.close_sent:
+            handler.receive(data)
+
+    def sweep_ping(self) -> None:
+        keepalive_turn(self, self._ping_unanswered)
+
+    def _ping_unanswered(self) -> None:
+        self.conn.fail(1011, "keepalive ping timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: tell the client to reconnect elsewhere (1012)."""
+        if not self.close_sent and not self.transport.is_closing():
+            self.conn.send_close(1012)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self.ping_interval:
+            Keepalive.of(self.loop, self.ping_interval).discard(self)
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.closed()
+        # websockets' parser generator holds its protocol: a cycle, freed by reference
+        # counting once broken here rather than by a garbage collection.
+        self.conn.parser = None  # type: ignore[assignment]
+
+
+def _plain_response(status: HTTPStatus, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1") + body
