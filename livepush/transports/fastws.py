@@ -269,6 +269,16 @@ def _valid_key(key: bytes | None) -> bool:
         return False
 
 
+class UpgradeRequest(NamedTuple):
+    """A parsed upgrade request: header names lower-cased, as httptools gives them."""
+
+    method: str
+    http_version: str
+    target: bytes  # path?query
+    headers: Sequence[tuple[bytes, bytes]]
+    rest: bytes = b""  # what the client sent after it (its first frames)
+
+
 class FastPath:
     """What the `/v1/ws` connections of one process share; set up by create_app."""
 
@@ -288,13 +298,15 @@ class FastSocket(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_conn",
         "close_sent",
         "close_timer",
-        "conn",
         "connections",
+        "extensions",
         "frames",
         "handler",
         "loop",
+        "max_size",
         "pending_ping_payload",
         "ping_interval",
         "ping_sent_at",
@@ -305,11 +317,15 @@ class FastSocket(asyncio.Protocol):
     def __init__(
         self,
         transport: asyncio.Transport,
-        conn: ServerProtocol,
+        conn: ServerProtocol | None,
+        extensions: list[Extension],
         connections: set[Any],
+        max_size: int,
         ping_interval: float | None,
     ) -> None:
-        self.transport, self.conn, self.connections = transport, conn, connections
+        self.transport, self._conn, self.connections = transport, conn, connections
+        self.extensions = extensions
+        self.max_size = max_size
         self.loop = asyncio.get_running_loop()
         self.ping_interval = ping_interval
         self.handler: MessageHandler | None = None
@@ -321,36 +337,45 @@ class FastSocket(asyncio.Protocol):
         self.read_paused = False  # never paused: messages go to the handler as parsed
         connections.add(self)
 
+    @property
+    def conn(self) -> ServerProtocol:
+        """websockets' protocol for this socket, made when first needed (the client's
+        first frame, the first ping, a close): a connect storm does not wait for it."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = ServerProtocol(state=OPEN, max_size=self.max_size, logger=log)
+            conn.extensions = self.extensions
+        return conn
+
     @classmethod
     def take_over(
         cls,
         transport: asyncio.Transport,
-        scope: Any,
-        target: bytes,
+        request: UpgradeRequest,
         fast: FastPath,
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
     ) -> None:
-        """Answer the upgrade request httptools parsed into `scope`; open the socket."""
-        headers = scope["headers"]
+        """Answer an upgrade request to `/v1/ws`; on success the socket is open."""
+        headers = request.headers
         origin = next((value for name, value in headers if name == b"origin"), None)
         if not fast.handshaker.allowed(None if origin is None else origin.decode("latin-1")):
             transport.write(_plain_response(HTTPStatus.FORBIDDEN, FORBIDDEN))
             transport.close()
             return
-        answer = fast.upgrades.answer(scope["method"], scope["http_version"], headers)
+        answer = fast.upgrades.answer(request.method, request.http_version, headers)
+        conn: ServerProtocol | None = None
         if answer is not None:
             response, extensions = answer
-            conn = ServerProtocol(state=OPEN, max_size=max_size, logger=log)
-            conn.extensions = extensions
         else:
             conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
-            request = Request(
-                target.decode("latin-1"),
-                Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+            reply = conn.accept(
+                Request(
+                    request.target.decode("latin-1"),
+                    Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+                )
             )
-            reply = conn.accept(request)
             conn.send_response(reply)
             response = b"".join(conn.data_to_send())
             if reply.status_code != 101:
@@ -361,12 +386,15 @@ class FastSocket(asyncio.Protocol):
             # state is OPEN, so a fresh parser reads frames.
             conn.parser = conn.parse()
             next(conn.parser)
-        opened = cls(transport, conn, connections, ping_interval)
+            extensions = conn.extensions
+        opened = cls(transport, conn, extensions, connections, max_size, ping_interval)
         transport.set_protocol(opened)
         if ping_interval:
             Keepalive.of(opened.loop, ping_interval).add(opened)
         transport.write(response)
-        fast.handshaker.open(opened, target.partition(b"?")[2].decode("latin-1"))
+        fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"))
+        if request.rest:
+            opened.data_received(request.rest)
 
     def detach(self, handler: MessageHandler) -> None:
         """Feed this socket's client messages to `handler` from now on."""
@@ -439,7 +467,8 @@ class FastSocket(asyncio.Protocol):
             handler.closed()
         # websockets' parser generator holds its protocol: a cycle, freed by reference
         # counting once broken here rather than by a garbage collection.
-        self.conn.parser = None  # type: ignore[assignment]
+        if self._conn is not None:
+            self._conn.parser = None  # type: ignore[assignment]
 
 
 def _plain_response(status: HTTPStatus, body: bytes) -> bytes:

@@ -14,13 +14,18 @@ detachable protocol below stay as the path for any other server setup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import httptools
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.extensions.base import Extension
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
@@ -30,6 +35,7 @@ from livepush.transports.fastws import (
     Keepalive,
     MessageHandler,
     SharedDeflateFactory,
+    UpgradeRequest,
     keepalive_turn,
 )
 
@@ -84,6 +90,10 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
                 max_size=self.config.ws_max_size,
                 logger=logging.getLogger("uvicorn.error"),
             )
+
+    @property
+    def extensions(self) -> list[Extension]:
+        return self.conn.extensions
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -165,6 +175,13 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
 class LivepushHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, exposed to the app as `livepush.transport`.
 
+    A connection whose first request is a `/v1/ws` upgrade never becomes uvicorn's:
+    until its first request shows otherwise, this object is only a transport and a
+    small httptools parser (`_Sniffer`). In a reconnect storm that skips, per
+    connection, uvicorn's set-up (loggers, parser, flow control, address lookups)
+    and its ASGI scope. Any other first request (or anything the sniffer does not
+    understand) makes it uvicorn's protocol, replaying the bytes already read.
+
     A response that streams forever (SSE) sets `on_shutdown`: on SIGTERM uvicorn
     only stops keep-alive, which would leave the stream open until the graceful
     timeout; the callback ends it at once so the reader reconnects elsewhere.
@@ -173,18 +190,83 @@ class LivepushHttpProtocol(HttpToolsProtocol):
     on_shutdown: Callable[[], None] | None = None
     # Set once per process by create_app: with it, /v1/ws upgrades skip ASGI entirely.
     fast_path: ClassVar[FastPath | None] = None
+    _sniffer: _Sniffer | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if self.fast_path is None or not config.loaded:
+            super().__init__(config, server_state, app_state, _loop)
+            return
+        self._sniffer = _Sniffer(config, server_state, app_state, _loop)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sniffer = self._sniffer
+        if sniffer is None:
+            super().connection_made(transport)
+            return
+        sniffer.transport = transport
+        sniffer.server_state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        sniffer = self._sniffer
+        if sniffer is None:
+            super().data_received(data)
+            return
+        verdict = sniffer.feed(data)
+        if verdict is _Sniffer.MORE:
+            return
+        self._sniffer = None
+        sniffer.server_state.connections.discard(self)
+        if verdict is _Sniffer.UVICORN:
+            super().__init__(sniffer.config, sniffer.server_state, sniffer.app_state, sniffer.loop)
+            super().connection_made(sniffer.transport)
+            super().data_received(sniffer.seen)
+            return
+        fast = self.fast_path
+        assert fast is not None
+        config = sniffer.config
+        FastSocket.take_over(
+            sniffer.transport,
+            sniffer.request(),
+            fast,
+            sniffer.server_state.connections,
+            config.ws_max_size,
+            config.ws_ping_interval,
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        sniffer = self._sniffer
+        if sniffer is None:
+            super().connection_lost(exc)
+        else:
+            sniffer.server_state.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        if self._sniffer is None:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._sniffer is None:
+            super().resume_writing()
 
     def handle_websocket_upgrade(self) -> None:
+        # A /v1/ws upgrade that was not the connection's first request.
         fast = self.fast_path
         if fast is None or self.url.partition(b"?")[0] != WS_PATH:
             super().handle_websocket_upgrade()
             return
         self.connections.discard(self)
         config = self.config
+        scope: Any = self.scope
+        request = UpgradeRequest(scope["method"], scope["http_version"], self.url, self.headers)
         FastSocket.take_over(
             self.transport,
-            self.scope,
-            self.url,
+            request,
             fast,
             self.connections,
             config.ws_max_size,
@@ -201,6 +283,102 @@ class LivepushHttpProtocol(HttpToolsProtocol):
         scope["extensions"] = {TRANSPORT_EXTENSION: self}
 
     def shutdown(self) -> None:
+        if self._sniffer is not None:
+            self._sniffer.transport.close()  # no request yet: nothing to finish
+            return
         if self.on_shutdown is not None:
             self.on_shutdown()
         super().shutdown()
+
+
+class _Sniffer:
+    """A new connection's first request, read far enough to tell a `/v1/ws` upgrade.
+
+    `feed()` answers MORE (the request head is incomplete), UVICORN (anything but
+    a well-formed upgrade to /v1/ws: uvicorn takes the connection and every byte
+    seen) or FAST (`request()` then holds the upgrade and any bytes after it).
+    """
+
+    MORE, UVICORN, FAST = object(), object(), object()
+    PREFIX = b"GET " + WS_PATH
+    MAX_HEAD = 16384  # a longer upgrade request goes to uvicorn, which has its limits
+
+    __slots__ = (
+        "app_state",
+        "config",
+        "end",
+        "headers",
+        "http_version",
+        "loop",
+        "method",
+        "seen",
+        "server_state",
+        "transport",
+        "url",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.config, self.server_state, self.app_state, self.loop = (
+            config,
+            server_state,
+            app_state,
+            loop,
+        )
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.seen = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = self.http_version = ""
+        self.end = 0
+
+    # httptools' callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def request(self) -> UpgradeRequest:
+        rest = self.seen[self.end :]
+        return UpgradeRequest(self.method, self.http_version, self.url, self.headers, rest)
+
+    def feed(self, data: bytes) -> object:
+        seen = self.seen = self.seen + data
+        if not seen.startswith(self.PREFIX[: len(seen)]):
+            return self.UVICORN
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            return self.MORE if len(seen) < self.MAX_HEAD else self.UVICORN
+        self.end = end + 4
+        parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(seen[: self.end])
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            return self.UVICORN  # uvicorn answers it with its 400
+        else:
+            return self.UVICORN  # not an upgrade: a plain GET /v1/ws
+        self.method = parser.get_method().decode("latin-1")
+        self.http_version = parser.get_http_version()
+        if self.url.partition(b"?")[0] != WS_PATH or not _upgrades_to_websocket(self.headers):
+            return self.UVICORN
+        return self.FAST
+
+
+def _upgrades_to_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    """uvicorn's test: `Connection` names upgrade and `Upgrade` is websocket."""
+    connection: list[bytes] = []
+    upgrade = None
+    for name, value in headers:
+        if name == b"connection":
+            connection = [token.lower().strip() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+    return upgrade == b"websocket" and b"upgrade" in connection

@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.websockets import WebSocket
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
@@ -34,11 +33,11 @@ class WsConnection:
 
     __slots__ = ("_protocol", "_transport", "buffered", "format", "write")
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol | FastSocket) -> None:
+    def __init__(self, protocol: LivepushWebSocketProtocol | FastSocket) -> None:
         self._protocol = protocol
         # A socket that negotiated permessage-deflate gets the event's shared
         # compressed frame (livepush only accepts it without context takeover).
-        self.format = Format.WS_DEFLATE if protocol.conn.extensions else Format.WS
+        self.format = Format.WS_DEFLATE if protocol.extensions else Format.WS
         transport = protocol.transport
         self._transport = transport
         self.write = transport.write

@@ -1,0 +1,216 @@
+"""The `/v1/ws` handshake on raw sockets: the template answer, websockets' answer to
+anything else, and a connection that is HTTP first and an upgrade later."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import signal
+import struct
+from collections.abc import Callable, Iterator
+
+import orjson
+import pytest
+import websockets
+
+from tests.support import HOST, Server
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Server]:
+    server = Server().start()
+    yield server
+    server.stop()
+
+
+def upgrade_request(
+    target: str = "/v1/ws?feed=hs", key: bytes | None = None, **headers: str
+) -> tuple[bytes, bytes]:
+    key = key if key is not None else base64.b64encode(os.urandom(16))
+    fields = {
+        "Host": "localhost",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key.decode(),
+        "Sec-WebSocket-Version": "13",
+        **{name.replace("_", "-"): value for name, value in headers.items()},
+    }
+    head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    return (head + "\r\n").encode(), base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame (payloads under 126 bytes)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, object]:
+    first, second = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert first == 0x81  # one unfragmented text frame, unmasked
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    message: dict[str, object] = orjson.loads(await reader.readexactly(length))
+    return message
+
+
+async def shut(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):  # the server may already have closed it
+        await writer.wait_closed()
+
+
+async def open_raw(node: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(HOST, node.port)
+
+
+async def test_a_well_formed_upgrade_is_answered_with_the_right_accept_key(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    request, expected = upgrade_request()
+    writer.write(request)
+    status, headers = await read_head(reader)
+    assert status == 101
+    assert headers["upgrade"].lower() == "websocket"
+    assert headers["sec-websocket-accept"] == expected.decode()
+    assert "sec-websocket-extensions" not in headers  # none offered
+    assert (await read_message(reader))["type"] == "subscribed"
+    await shut(writer)
+
+
+async def test_a_request_split_over_many_segments_is_still_understood(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    request, expected = upgrade_request()
+    for i in range(0, len(request), 7):
+        writer.write(request[i : i + 7])
+        await writer.drain()
+        await asyncio.sleep(0.002)
+    status, headers = await read_head(reader)
+    assert (status, headers["sec-websocket-accept"]) == (101, expected.decode())
+    await shut(writer)
+
+
+async def test_frames_sent_with_the_request_are_not_lost(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    request, _ = upgrade_request(target="/v1/ws")
+    writer.write(request + client_frame(b'{"type":"ping"}'))  # one segment
+    status, _ = await read_head(reader)
+    assert status == 101
+    assert await read_message(reader) == {"type": "pong"}
+    await shut(writer)
+
+
+async def test_deflate_offers_are_negotiated_and_remembered_per_offer(node: Server) -> None:
+    offer = "permessage-deflate; client_max_window_bits"
+    for _ in range(3):  # the second and third answers come from the cache
+        reader, writer = await open_raw(node)
+        request, _ = upgrade_request(Sec_WebSocket_Extensions=offer)
+        writer.write(request)
+        status, headers = await read_head(reader)
+        assert status == 101
+        answer = headers["sec-websocket-extensions"]
+        assert answer.startswith("permessage-deflate")
+        assert "server_no_context_takeover" in answer
+        assert "client_no_context_takeover" in answer
+        await shut(writer)
+
+
+@pytest.mark.parametrize(
+    ("key", "version", "status"),
+    [
+        (b"not-base64!", "13", 400),
+        (base64.b64encode(b"short"), "13", 400),
+        (base64.b64encode(os.urandom(16)), "12", 400),
+    ],
+)
+async def test_a_malformed_upgrade_gets_websockets_own_error(
+    node: Server, key: bytes, version: str, status: int
+) -> None:
+    reader, writer = await open_raw(node)
+    request, _ = upgrade_request(key=key, Sec_WebSocket_Version=version)
+    writer.write(request)
+    got, _ = await read_head(reader)
+    assert got == status
+    await shut(writer)
+
+
+async def test_a_malformed_deflate_offer_gets_websockets_own_error(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    request, _ = upgrade_request(Sec_WebSocket_Extensions="permessage-deflate; =x")
+    writer.write(request)
+    status, _ = await read_head(reader)
+    assert status == 400
+    await shut(writer)
+
+
+async def test_an_http_request_first_then_an_upgrade_on_the_same_connection(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, headers = await read_head(reader)
+    assert status == 200
+    await reader.readexactly(int(headers["content-length"]))
+    request, expected = upgrade_request()
+    writer.write(request)  # the same keep-alive connection, now uvicorn's
+    status, headers = await read_head(reader)
+    assert (status, headers["sec-websocket-accept"]) == (101, expected.decode())
+    assert (await read_message(reader))["type"] == "subscribed"
+    await shut(writer)
+
+
+async def test_a_plain_get_of_the_websocket_path_is_an_http_request(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, _ = await read_head(reader)
+    assert 400 <= status < 500  # Starlette: no WebSocket route for plain HTTP
+    await shut(writer)
+
+
+async def test_an_oversized_request_head_is_left_to_uvicorn(node: Server) -> None:
+    reader, writer = await open_raw(node)
+    request, _ = upgrade_request(X_Padding="x" * 20000)
+    writer.write(request)
+    status, _ = await read_head(reader)
+    # uvicorn's path: still a working upgrade (httptools' own limits are larger).
+    assert status == 101
+    assert (await read_message(reader))["type"] == "subscribed"
+    await shut(writer)
+
+
+async def test_pings_and_close_work_on_a_socket_that_never_sent_a_frame(node: Server) -> None:
+    async with websockets.connect(f"{node.ws_url}?feed=hs", compression=None) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)
+    assert ws.close_code == 1000
+
+
+async def test_sigterm_closes_a_connection_that_has_not_finished_its_request(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    reader, writer = await open_raw(server)
+    writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: local")  # and nothing more
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    code = await asyncio.to_thread(server.stop)
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left hanging
+    assert "Traceback" not in server.log.read_text()
+    await shut(writer)
