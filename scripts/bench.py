@@ -5,7 +5,8 @@ and its variants) one run measures:
 
 - memory: server RSS growth over --memory-conns idle subscribed connections, per
   connection (a fresh server; the connections come from several loadgen processes,
-  since one process may hold at most 20,000 open files);
+  since one process may hold at most 20,000 open files), measured after every
+  socket has been pinged twice (livepush gets a 3 s ping interval for this);
 - connect: seconds for --subscribers clients to connect and be subscribed;
 - delivery: --rate entries/s of about --entry-size bytes, in --rounds windows of
   --duration s. Server CPU time (schedstat, summed over its worker processes) over
@@ -252,11 +253,13 @@ def livepush_flags() -> str:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    variant: Variant, redis_port: int, name: str
+    variant: Variant, redis_port: int, name: str, ping_interval: float | None = None
 ) -> AsyncIterator[tuple[Child, int]]:
     """Start one server pinned to the server core; yield it once it accepts connections."""
     port = free_port()
     env = dict(os.environ)
+    if ping_interval is not None:
+        env["LIVEPUSH_PING_INTERVAL"] = str(ping_interval)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     if variant.server == "floor":
         argv = [str(VENV_BIN / "python"), str(FLOOR), "--port", str(port)]
@@ -334,12 +337,20 @@ async def wait_for_quiet(args: argparse.Namespace) -> None:
         print("  the machine did not go quiet: numbers may be contaminated", file=sys.stderr)
 
 
+MEMORY_PING_INTERVAL = 3.0
+
+
 async def measure_memory(variant: Variant, args: argparse.Namespace) -> tuple[float, int]:
     """KiB of server RSS per idle subscribed connection, over args.memory_conns of them."""
     name = f"{variant.slug}-memory"
     async with contextlib.AsyncExitStack() as stack:
         redis_port = await stack.enter_async_context(redis_server(f"{name}-redis"))
-        server, port = await stack.enter_async_context(server_process(variant, redis_port, name))
+        # livepush builds a socket's websockets protocol at its first ping (or frame):
+        # short ping intervals, and a wait past two of them, so that every socket
+        # measured is in its steady state. The floor never pings.
+        server, port = await stack.enter_async_context(
+            server_process(variant, redis_port, name, ping_interval=MEMORY_PING_INTERVAL)
+        )
         # A few warm connections first, so lazily built state is in the baseline.
         warm = await stack.enter_async_context(
             loadgens(port, 50, f"{name}-warm", variant.deflate, args.subscribe, args.deadline)
@@ -351,7 +362,7 @@ async def measure_memory(variant: Variant, args: argparse.Namespace) -> tuple[fl
             loadgens(port, args.memory_conns, name, variant.deflate, args.subscribe, args.deadline)
         )
         connected = await connect_all(group, 120)
-        await asyncio.sleep(2)
+        await asyncio.sleep(2 * MEMORY_PING_INTERVAL + 1)
         after = tree_rss(server.pid)
     subscribed = int(connected["subscribed"])
     return ((after - before) / 1024 / subscribed if subscribed else float("nan")), subscribed

@@ -214,3 +214,23 @@ async def test_sigterm_closes_a_connection_that_has_not_finished_its_request(
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left hanging
     assert "Traceback" not in server.log.read_text()
     await shut(writer)
+
+
+async def test_the_answer_then_subscribed_then_the_catch_up_in_order(node: Server) -> None:
+    # A watcher keeps the feed in the node's memory, so the next join completes
+    # during the handshake: its messages are written together with the 101.
+    async with websockets.connect(f"{node.ws_url}?feed=order") as watcher:
+        assert orjson.loads(await watcher.recv())["type"] == "subscribed"
+        for i in range(3):
+            assert node.post("order", {"title": f"T{i}", "body": "b"}).status_code == 201
+        for _ in range(3):
+            await watcher.recv()
+        reader, writer = await open_raw(node)
+        request, expected = upgrade_request(target="/v1/ws?feed=order&since=0")
+        writer.write(request)
+        status, headers = await read_head(reader)
+        assert (status, headers["sec-websocket-accept"]) == (101, expected.decode())
+        subscribed = await read_message(reader)
+        assert (subscribed["type"], subscribed["head_seq"]) == ("subscribed", 3)
+        assert [(await read_message(reader))["seq"] for _ in range(3)] == [1, 2, 3]
+        await shut(writer)

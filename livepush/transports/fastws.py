@@ -55,8 +55,9 @@ class Handshaker(Protocol):
     def allowed(self, origin: str | None) -> bool:
         """Whether a subscription from this Origin may open."""
 
-    def open(self, socket: Any, query: str) -> None:
-        """The 101 is written: start the socket's session (and `?feed=` subscription)."""
+    def open(self, socket: Any, query: str, greeting: bytes) -> None:
+        """Start the socket's session (and `?feed=` subscription); `greeting` (the 101)
+        must be the first bytes written."""
 
 
 class MessageHandler(Protocol):
@@ -391,8 +392,7 @@ class FastSocket(asyncio.Protocol):
         transport.set_protocol(opened)
         if ping_interval:
             Keepalive.of(opened.loop, ping_interval).add(opened)
-        transport.write(response)
-        fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"))
+        fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"), response)
         if request.rest:
             opened.data_received(request.rest)
 

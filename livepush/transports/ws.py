@@ -31,7 +31,7 @@ STRIKES = 50
 class WsConnection:
     """A WebSocket as the hub sees it: writes go straight to the asyncio transport."""
 
-    __slots__ = ("_protocol", "_transport", "buffered", "format", "write")
+    __slots__ = ("_held", "_protocol", "_transport", "buffered", "format", "write")
 
     def __init__(self, protocol: LivepushWebSocketProtocol | FastSocket) -> None:
         self._protocol = protocol
@@ -42,6 +42,19 @@ class WsConnection:
         self._transport = transport
         self.write = transport.write
         self.buffered = transport.get_write_buffer_size
+        self._held: list[bytes] | None = None
+
+    def hold(self, first: bytes) -> None:
+        """Collect writes after `first` until release(), then write them all at once."""
+        held = [first]
+        self.write = held.append  # type: ignore[assignment]
+        self._held = held
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        self.write = self._transport.write
+        if held:
+            self.write(b"".join(held))
 
     def send(self, kind: str, message: dict[str, Any]) -> None:
         if not self._protocol.close_sent:
@@ -52,7 +65,7 @@ class WsConnection:
         if protocol.close_sent or self._transport.is_closing():
             return
         protocol.conn.send_close(int(code))
-        self._transport.write(b"".join(protocol.conn.data_to_send()))
+        self.write(b"".join(protocol.conn.data_to_send()))
         protocol.close_sent = True
         if protocol.read_paused:
             protocol.read_paused = False
@@ -211,15 +224,32 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 def open_session(
-    protocol: LivepushWebSocketProtocol | FastSocket, runtime: Any, query: str
+    protocol: LivepushWebSocketProtocol | FastSocket,
+    runtime: Any,
+    query: str,
+    greeting: bytes = b"",
 ) -> None:
-    """Start a handshaken socket's session, detached from ASGI, and its `?feed=` one."""
-    session = Session(WsConnection(protocol), runtime)
+    """Start a handshaken socket's session, detached from ASGI, and its `?feed=` one.
+
+    `greeting` (the 101 response, when not yet written) leaves in one write with the
+    session's first messages (`subscribed`, a catch-up): one send instead of two per
+    connection in a reconnect storm.
+    """
+    conn = WsConnection(protocol)
+    session = Session(conn, runtime)
     protocol.detach(session)
-    params = dict(parse_qsl(query))
-    feed = params.get("feed")
-    if feed is not None:
-        _subscribe_from_query(session, feed, params.get("since"), params.get("epoch"))
+    if greeting:
+        conn.hold(greeting)
+    try:
+        params = dict(parse_qsl(query))
+        feed = params.get("feed")
+        if feed is not None:
+            _subscribe_from_query(session, feed, params.get("since"), params.get("epoch"))
+    finally:
+        if greeting:
+            conn.release()
+            for sub in session.subs.values():
+                sub.write = conn.write  # they took the holding write when they joined
 
 
 class FastHandshake:
@@ -231,8 +261,8 @@ class FastHandshake:
     def allowed(self, origin: str | None) -> bool:
         return bool(self.runtime.origin_allowed(origin))
 
-    def open(self, socket: FastSocket, query: str) -> None:
-        open_session(socket, self.runtime, query)
+    def open(self, socket: FastSocket, query: str, greeting: bytes) -> None:
+        open_session(socket, self.runtime, query, greeting)
 
 
 def _subscribe_from_query(
