@@ -151,6 +151,18 @@ async def test_a_malformed_upgrade_gets_websockets_own_error(
     await shut(writer)
 
 
+@pytest.mark.parametrize("first_line", ["POST /v1/ws HTTP/1.1", "GET /v1/ws HTTP/1.0"])
+async def test_an_upgrade_with_another_method_or_version_is_refused(
+    node: Server, first_line: str
+) -> None:
+    reader, writer = await open_raw(node)
+    request, _ = upgrade_request()
+    writer.write(first_line.encode() + request[request.index(b"\r\n") :])
+    status, _ = await read_head(reader)
+    assert status >= 400  # never 101
+    await shut(writer)
+
+
 async def test_a_malformed_deflate_offer_gets_websockets_own_error(node: Server) -> None:
     reader, writer = await open_raw(node)
     request, _ = upgrade_request(Sec_WebSocket_Extensions="permessage-deflate; =x")

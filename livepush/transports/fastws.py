@@ -375,6 +375,8 @@ class FastSocket(asyncio.Protocol):
                 Request(
                     request.target.decode("latin-1"),
                     Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+                    method=request.method,
+                    protocol=f"HTTP/{request.http_version}",
                 )
             )
             conn.send_response(reply)
