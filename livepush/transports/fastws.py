@@ -3,14 +3,19 @@
 In a reconnect storm every subscriber connects at once, so what one connection costs
 to set up decides how long the storm lasts. uvicorn's WebSocket protocol object is
 made for the ASGI conversation (a queue, an event, a task) and websockets' `accept()`
-builds a full `Headers` and `Response` per connection. Here a well-formed upgrade
-(GET, HTTP/1.1, one valid Sec-WebSocket-Key, version 13; httptools parsed it and
-uvicorn checked Connection and Upgrade) is answered from a template, its
-permessage-deflate offer negotiated once per distinct header value by websockets'
-own header parser and extension factory, and the socket is a `FastSocket`: a few
-slots around websockets' sans-I/O `ServerProtocol`, which parses every incoming
-frame. Anything else (a missing key, a malformed offer, another version) goes to
-websockets' complete handshake, which answers it as websockets does.
+builds a full `Headers` and `Response` per connection. Here (reached from
+`transports/uvicorn.py`, whose HTTP protocol sniffs each connection's first request):
+
+- a well-formed upgrade (GET, HTTP/1.1, one valid Sec-WebSocket-Key, version 13;
+  httptools parsed it, Connection and Upgrade were checked) is answered from a
+  template, its permessage-deflate offer negotiated once per distinct header value by
+  websockets' own header parser and extension factory (`Upgrades`);
+- anything else (a missing key, a malformed offer, another version or method) goes
+  to websockets' complete handshake, which answers it as websockets does;
+- the open socket is a `FastSocket`: a few slots around websockets' sans-I/O
+  `ServerProtocol`, which parses every incoming frame and is built when first needed;
+- the 101 is handed to the app's `Handshaker.open` to leave in one write with the
+  session's first messages.
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ def open_session(
 
 
 class FastHandshake:
-    """The app's side of the WebSocket handshake that skips ASGI (transports/uvicorn.py)."""
+    """The app's side of the WebSocket handshake that skips ASGI (transports/fastws.py)."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
