@@ -187,6 +187,15 @@ export class Feed {
   #openWebSocket() {
     const url = new URL("v1/ws", this.#base);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    // A reader's subscription rides in the URL (the SPEC's ?feed=&since=&epoch=): the
+    // server answers the upgrade and `subscribed` in one write, a round trip sooner
+    // than a message after the open. Receipts need a token, which stays out of URLs.
+    const inUrl = !this.#options.receipts;
+    if (inUrl) {
+      url.searchParams.set("feed", this.feed);
+      if (this.#lastSeq !== null) url.searchParams.set("since", this.#lastSeq);
+      if (this.#epoch !== null) url.searchParams.set("epoch", this.#epoch);
+    }
     const ws = new WebSocket(url);
     let opened = false;
     let pongTimer = null;
@@ -212,7 +221,7 @@ export class Feed {
       clearTimeout(openTimer);
       this.#wsOpenedOnce = true;
       this.#wsFailedBeforeOpen = 0;
-      ws.send(JSON.stringify(this.#subscribeMessage()));
+      if (!inUrl) ws.send(JSON.stringify(this.#subscribeMessage()));
     };
     ws.onmessage = (e) => { if (this.#conn === conn) this.#receive(JSON.parse(e.data)); };
     ws.onclose = () => {

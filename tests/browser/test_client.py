@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from playwright.sync_api import Page, Route, WebSocketRoute
 
@@ -30,15 +31,15 @@ def created(seq: int) -> str:
 
 
 class ScriptedServer:
-    """Answers each WebSocket's subscribe with the next script; keeps what clients sent."""
+    """Answers each WebSocket's subscription (in its URL, as livepush.js sends it, or a
+    subscribe message) with the next script; keeps what clients asked for."""
 
     def __init__(self, *scripts: list[str]) -> None:
         self.scripts = list(scripts)
         self.subscribes: list[dict[str, Any]] = []
 
     def __call__(self, ws: WebSocketRoute) -> None:
-        def on_message(message: str | bytes) -> None:
-            subscribe = json.loads(message)
+        def answer(subscribe: dict[str, Any]) -> None:
             self.subscribes.append(subscribe)
             epoch = subscribe.get("epoch", "e1")
             head = {"type": "subscribed", "feed": "mock", "epoch": epoch, "head_seq": 0}
@@ -46,6 +47,19 @@ class ScriptedServer:
             for frame in self.scripts.pop(0) if self.scripts else []:
                 ws.send(frame)
 
+        def on_message(message: str | bytes) -> None:
+            sent = json.loads(message)
+            if sent.get("type") == "ping":
+                ws.send(json.dumps({"type": "pong"}))
+            else:
+                answer({**sent, "via": "message"})
+
+        query = dict(parse_qsl(urlsplit(ws.url).query))
+        if "feed" in query:
+            subscribe: dict[str, Any] = {"type": "subscribe", "via": "url", **query}
+            if "since" in query:
+                subscribe["since"] = int(query["since"])
+            answer(subscribe)
         ws.on_message(on_message)
 
 
@@ -77,6 +91,8 @@ def test_a_hole_is_never_delivered_past_the_client_resumes_instead(
     assert seen(page) == [["created", 1], ["created", 2], ["created", 3], ["created", 4]]
     assert [s.get("since") for s in scripted.subscribes] == [0, 2]
     assert all(s["epoch"] == "e1" for s in scripted.subscribes)
+    # Both subscriptions rode in the socket's URL: the answer comes with the upgrade.
+    assert [s["via"] for s in scripted.subscribes] == ["url", "url"]
 
 
 def test_reset_reloads_the_snapshot_then_resumes_from_its_head(page: Page, server: Server) -> None:
