@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print what connecting N WebSocket subscribers costs a livepush server, in CPU.
 
-    .venv/bin/python scripts/connect_cost.py --conns 5000
+    .venv/bin/python scripts/connect_cost.py --conns 5000 [--subscribe path|message]
 
 Starts `livepush serve` (embedded broker) on a free loopback port, connects N clients
 with the compiled load generator (scripts/loadgen, built by scripts/bench.py), and
@@ -35,6 +35,12 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conns", type=int, default=5000)
+    parser.add_argument(
+        "--subscribe",
+        choices=["path", "message"],
+        default="path",
+        help="in the URL (?feed=, as livepush.js does) or by a message after the open",
+    )
     args = parser.parse_args()
     if not LOADGEN.exists():
         print("build the load generator first: run scripts/bench.py once", file=sys.stderr)
@@ -57,7 +63,7 @@ def main() -> int:
         process = psutil.Process(server.pid)
         before = process.cpu_times()
         command = [str(LOADGEN), "--port", str(port), "--feed", "cost", "--conns", str(args.conns)]
-        command += ["--duration", "1", "--deadline", "60"]
+        command += ["--duration", "1", "--deadline", "60", "--subscribe", args.subscribe]
         output = subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
         after = process.cpu_times()
         connect = [
@@ -66,7 +72,8 @@ def main() -> int:
             if "connect_seconds" in line
         ]
         user, system = after.user - before.user, after.system - before.system
-        print(f"{args.conns} connects+subscribes: {connect[0]} s (load generator)")
+        how = f"{args.conns} connects+subscribes by {args.subscribe}"
+        print(f"{how}: {connect[0]} s (load generator)")
         print(
             f"server CPU: user {user:.2f} s, system {system:.2f} s, "
             f"{(user + system) / args.conns * 1e6:.0f} µs per connection (includes 1 s idle)"
