@@ -246,3 +246,18 @@ async def test_the_answer_then_subscribed_then_the_catch_up_in_order(node: Serve
         assert (subscribed["type"], subscribed["head_seq"]) == ("subscribed", 3)
         assert [(await read_message(reader))["seq"] for _ in range(3)] == [1, 2, 3]
         await shut(writer)
+
+
+async def test_a_connection_without_a_whole_first_request_is_closed(node: Server) -> None:
+    # uvicorn would keep both open for ever; livepush gives a first request head
+    # _FirstRequests.SECONDS (10 s) to arrive.
+    silent_reader, silent = await open_raw(node)
+    partial_reader, partial = await open_raw(node)
+    partial.write(b"GET /v1/ws?feed=hs HTTP/1.1\r\nHost: loc")
+    await partial.drain()
+    for reader in (silent_reader, partial_reader):
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the server
+    async with websockets.connect(f"{node.ws_url}?feed=hs") as ws:  # others unaffected
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+    await shut(silent)
+    await shut(partial)

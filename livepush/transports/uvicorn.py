@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -180,7 +181,9 @@ class LivepushHttpProtocol(HttpToolsProtocol):
     small httptools parser (`_Sniffer`). In a reconnect storm that skips, per
     connection, uvicorn's set-up (loggers, parser, flow control, address lookups)
     and its ASGI scope. Any other first request (or anything the sniffer does not
-    understand) makes it uvicorn's protocol, replaying the bytes already read.
+    understand) makes it uvicorn's protocol, replaying the bytes already read. A
+    connection that sends no whole first request head within 10 s is closed
+    (`_FirstRequests`).
 
     A response that streams forever (SSE) sets `on_shutdown`: on SIGTERM uvicorn
     only stops keep-alive, which would leave the stream open until the graceful
@@ -211,6 +214,12 @@ class LivepushHttpProtocol(HttpToolsProtocol):
             return
         sniffer.transport = transport
         sniffer.server_state.connections.add(self)
+        _FirstRequests.of(sniffer.loop or asyncio.get_running_loop()).add(self)
+
+    def first_request_overdue(self) -> None:
+        sniffer = self._sniffer
+        if sniffer is not None:  # still no whole request head
+            sniffer.transport.close()
 
     def data_received(self, data: bytes) -> None:
         sniffer = self._sniffer
@@ -289,6 +298,46 @@ class LivepushHttpProtocol(HttpToolsProtocol):
         if self.on_shutdown is not None:
             self.on_shutdown()
         super().shutdown()
+
+
+class _FirstRequests:
+    """Closes connections that sent no whole first request head within SECONDS.
+
+    uvicorn leaves a connection that never sends a request open for ever: a few
+    thousand of them hold file descriptors and memory for nothing. One timer per
+    loop; connections wait in a deque in order of arrival, so expiry pops from the
+    left, and one that has moved on (upgraded, or handed to uvicorn) is ignored.
+    """
+
+    SECONDS = 10.0
+    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _FirstRequests]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: deque[tuple[float, LivepushHttpProtocol]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _FirstRequests:
+        found = cls._loops.get(loop)
+        if found is None:
+            found = cls._loops[loop] = cls(loop)
+        return found
+
+    def add(self, protocol: LivepushHttpProtocol) -> None:
+        self.waiting.append((self.loop.time() + self.SECONDS, protocol))
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.SECONDS, self.expire)
+
+    def expire(self) -> None:
+        self.timer = None
+        waiting, now = self.waiting, self.loop.time()
+        while waiting and waiting[0][0] <= now:
+            waiting.popleft()[1].first_request_overdue()
+        if waiting:
+            self.timer = self.loop.call_at(waiting[0][0], self.expire)
+        else:
+            del self._loops[self.loop]
 
 
 class _Sniffer:
