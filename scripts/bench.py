@@ -5,8 +5,8 @@ and its variants) one run measures:
 
 - memory: server RSS growth over --memory-conns idle subscribed connections, per
   connection (a fresh server; the connections come from several loadgen processes,
-  since one process may hold at most 20,000 open files), measured after every
-  socket has been pinged twice (livepush gets a 3 s ping interval for this);
+  since one process may hold at most 20,000 open files), measured 11 s after the
+  connects, every socket pinged twice by then (livepush gets a 3 s ping interval);
 - connect: seconds for --subscribers clients to connect and be subscribed;
 - delivery: --rate entries/s of about --entry-size bytes, in --rounds windows of
   --duration s. Server CPU time (schedstat, summed over its worker processes) over
@@ -362,7 +362,9 @@ async def measure_memory(variant: Variant, args: argparse.Namespace) -> tuple[fl
             loadgens(port, args.memory_conns, name, variant.deflate, args.subscribe, args.deadline)
         )
         connected = await connect_all(group, 120)
-        await asyncio.sleep(2 * MEMORY_PING_INTERVAL + 1)
+        # Idle means steady: past two pings and past livepush's 10 s first-request
+        # deadline, which keeps a little of each handshake until then.
+        await asyncio.sleep(max(2 * MEMORY_PING_INTERVAL + 1, 11))
         after = tree_rss(server.pid)
     subscribed = int(connected["subscribed"])
     return ((after - before) / 1024 / subscribed if subscribed else float("nan")), subscribed

@@ -214,12 +214,7 @@ class LivepushHttpProtocol(HttpToolsProtocol):
             return
         sniffer.transport = transport
         sniffer.server_state.connections.add(self)
-        _FirstRequests.of(sniffer.loop or asyncio.get_running_loop()).add(self)
-
-    def first_request_overdue(self) -> None:
-        sniffer = self._sniffer
-        if sniffer is not None:  # still no whole request head
-            sniffer.transport.close()
+        _FirstRequests.of(sniffer.loop or asyncio.get_running_loop()).add(sniffer)
 
     def data_received(self, data: bytes) -> None:
         sniffer = self._sniffer
@@ -231,22 +226,27 @@ class LivepushHttpProtocol(HttpToolsProtocol):
             return
         self._sniffer = None
         sniffer.server_state.connections.discard(self)
-        if verdict is _Sniffer.UVICORN:
-            super().__init__(sniffer.config, sniffer.server_state, sniffer.app_state, sniffer.loop)
-            super().connection_made(sniffer.transport)
-            super().data_received(sniffer.seen)
-            return
-        fast = self.fast_path
-        assert fast is not None
-        config = sniffer.config
-        FastSocket.take_over(
-            sniffer.transport,
-            sniffer.request(),
-            fast,
-            sniffer.server_state.connections,
-            config.ws_max_size,
-            config.ws_ping_interval,
-        )
+        try:
+            if verdict is _Sniffer.UVICORN:
+                super().__init__(
+                    sniffer.config, sniffer.server_state, sniffer.app_state, sniffer.loop
+                )
+                super().connection_made(sniffer.transport)
+                super().data_received(sniffer.seen)
+                return
+            fast = self.fast_path
+            assert fast is not None
+            config = sniffer.config
+            FastSocket.take_over(
+                sniffer.transport,
+                sniffer.request(),
+                fast,
+                sniffer.server_state.connections,
+                config.ws_max_size,
+                config.ws_ping_interval,
+            )
+        finally:
+            sniffer.let_go()
 
     def connection_lost(self, exc: Exception | None) -> None:
         sniffer = self._sniffer
@@ -254,6 +254,7 @@ class LivepushHttpProtocol(HttpToolsProtocol):
             super().connection_lost(exc)
         else:
             sniffer.server_state.connections.discard(self)
+            sniffer.let_go()
 
     def pause_writing(self) -> None:
         if self._sniffer is None:
@@ -306,7 +307,8 @@ class _FirstRequests:
     uvicorn leaves a connection that never sends a request open for ever: a few
     thousand of them hold file descriptors and memory for nothing. One timer per
     loop; connections wait in a deque in order of arrival, so expiry pops from the
-    left, and one that has moved on (upgraded, or handed to uvicorn) is ignored.
+    left, and one that has moved on (upgraded, or handed to uvicorn) is ignored; what
+    waits is the connection's sniffer, which lets go of the request once read.
     """
 
     SECONDS = 10.0
@@ -314,7 +316,7 @@ class _FirstRequests:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: deque[tuple[float, LivepushHttpProtocol]] = deque()
+        self.waiting: deque[tuple[float, _Sniffer]] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -324,8 +326,8 @@ class _FirstRequests:
             found = cls._loops[loop] = cls(loop)
         return found
 
-    def add(self, protocol: LivepushHttpProtocol) -> None:
-        self.waiting.append((self.loop.time() + self.SECONDS, protocol))
+    def add(self, sniffer: _Sniffer) -> None:
+        self.waiting.append((self.loop.time() + self.SECONDS, sniffer))
         if self.timer is None:
             self.timer = self.loop.call_later(self.SECONDS, self.expire)
 
@@ -333,7 +335,9 @@ class _FirstRequests:
         self.timer = None
         waiting, now = self.waiting, self.loop.time()
         while waiting and waiting[0][0] <= now:
-            waiting.popleft()[1].first_request_overdue()
+            sniffer = waiting.popleft()[1]
+            if sniffer.sniffing:  # still no whole request head
+                sniffer.transport.close()
         if waiting:
             self.timer = self.loop.call_at(waiting[0][0], self.expire)
         else:
@@ -362,6 +366,7 @@ class _Sniffer:
         "method",
         "seen",
         "server_state",
+        "sniffing",
         "transport",
         "url",
     )
@@ -385,6 +390,7 @@ class _Sniffer:
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = self.http_version = ""
         self.end = 0
+        self.sniffing = True
 
     # httptools' callbacks
     def on_url(self, url: bytes) -> None:
@@ -392,6 +398,13 @@ class _Sniffer:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+
+    def let_go(self) -> None:
+        """The connection has moved on: keep nothing of its request (this object waits
+        in `_FirstRequests` a few seconds more)."""
+        self.sniffing = False
+        self.seen = self.url = b""
+        self.headers = []
 
     def request(self) -> UpgradeRequest:
         rest = self.seen[self.end :]
