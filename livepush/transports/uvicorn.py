@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -306,9 +306,9 @@ class _FirstRequests:
 
     uvicorn leaves a connection that never sends a request open for ever: a few
     thousand of them hold file descriptors and memory for nothing. One timer per
-    loop; connections wait in a deque in order of arrival, so expiry pops from the
-    left, and one that has moved on (upgraded, or handed to uvicorn) is ignored; what
-    waits is the connection's sniffer, which lets go of the request once read.
+    loop; the connections still reading their first request wait in arrival order
+    (an OrderedDict: expiry pops from the front, a connection that moves on leaves
+    from anywhere), so only the slow ones cost anything.
     """
 
     SECONDS = 10.0
@@ -316,7 +316,7 @@ class _FirstRequests:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: deque[tuple[float, _Sniffer]] = deque()
+        self.waiting: OrderedDict[_Sniffer, float] = OrderedDict()
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -327,21 +327,25 @@ class _FirstRequests:
         return found
 
     def add(self, sniffer: _Sniffer) -> None:
-        self.waiting.append((self.loop.time() + self.SECONDS, sniffer))
+        self.waiting[sniffer] = self.loop.time() + self.SECONDS
+        sniffer.deadlines = self
         if self.timer is None:
             self.timer = self.loop.call_later(self.SECONDS, self.expire)
+
+    def discard(self, sniffer: _Sniffer) -> None:
+        self.waiting.pop(sniffer, None)
 
     def expire(self) -> None:
         self.timer = None
         waiting, now = self.waiting, self.loop.time()
-        while waiting and waiting[0][0] <= now:
-            sniffer = waiting.popleft()[1]
-            if sniffer.sniffing:  # still no whole request head
-                sniffer.transport.close()
-        if waiting:
-            self.timer = self.loop.call_at(waiting[0][0], self.expire)
-        else:
-            del self._loops[self.loop]
+        while waiting:
+            sniffer, deadline = next(iter(waiting.items()))
+            if deadline > now:
+                self.timer = self.loop.call_at(deadline, self.expire)
+                return
+            del waiting[sniffer]
+            sniffer.transport.close()  # still no whole request head
+        del self._loops[self.loop]
 
 
 class _Sniffer:
@@ -359,6 +363,7 @@ class _Sniffer:
     __slots__ = (
         "app_state",
         "config",
+        "deadlines",
         "end",
         "headers",
         "http_version",
@@ -366,7 +371,6 @@ class _Sniffer:
         "method",
         "seen",
         "server_state",
-        "sniffing",
         "transport",
         "url",
     )
@@ -390,7 +394,7 @@ class _Sniffer:
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = self.http_version = ""
         self.end = 0
-        self.sniffing = True
+        self.deadlines: _FirstRequests | None = None
 
     # httptools' callbacks
     def on_url(self, url: bytes) -> None:
@@ -400,11 +404,10 @@ class _Sniffer:
         self.headers.append((name.lower(), value))
 
     def let_go(self) -> None:
-        """The connection has moved on: keep nothing of its request (this object waits
-        in `_FirstRequests` a few seconds more)."""
-        self.sniffing = False
-        self.seen = self.url = b""
-        self.headers = []
+        """The connection has moved on (or is gone): no deadline any more."""
+        if self.deadlines is not None:
+            self.deadlines.discard(self)
+            self.deadlines = None
 
     def request(self) -> UpgradeRequest:
         rest = self.seen[self.end :]
