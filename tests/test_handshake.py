@@ -16,6 +16,7 @@ import orjson
 import pytest
 import websockets
 
+from livepush.transports.fastws import Upgrades
 from tests.support import HOST, Server
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -261,3 +262,19 @@ async def test_a_connection_without_a_whole_first_request_is_closed(node: Server
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
     await shut(silent)
     await shut(partial)
+
+
+def test_the_negotiation_cache_stays_bounded_and_answers_alike_past_its_bound() -> None:
+    upgrades = Upgrades("shared")
+    key = base64.b64encode(os.urandom(16))
+    answers = set()
+    for i in range(Upgrades.CACHE * 2 + 5):  # distinct offers: each one a new entry
+        offer = f"x-unknown-{i}, permessage-deflate; client_max_window_bits".encode()
+        headers = [(b"sec-websocket-key", key), (b"sec-websocket-version", b"13")]
+        answer = upgrades.answer("GET", "1.1", [*headers, (b"sec-websocket-extensions", offer)])
+        assert answer is not None
+        response, extensions = answer
+        answers.add(response)
+        assert len(extensions) == 1  # deflate negotiated every time
+        assert len(upgrades._negotiated) <= Upgrades.CACHE
+    assert len(answers) == 1  # the same 101 whether cached or not
