@@ -29,7 +29,7 @@ def start_server() -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(redis_url: str | None = None, **env: str) -> Server:
-        server = Server(redis_url, **env).start()
+        server = Server(redis_url, port=None, **env).start()
         servers.append(server)
         return server
 

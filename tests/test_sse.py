@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import httpx
 import orjson
@@ -16,7 +16,7 @@ from tests.test_slow_subscriber import BODY, metric
 FEED = "sse"
 
 
-async def sse_blocks(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+async def sse_blocks(response: httpx.Response) -> AsyncGenerator[dict[str, str], None]:
     """Parse an event stream into blocks of fields (comments as a `comment` field)."""
     block: dict[str, str] = {}
     async for line in response.aiter_lines():
