@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil  # type: ignore[import-untyped]
+import psutil
 import redis.asyncio as redis
 
 ROOT = Path(__file__).resolve().parent.parent
