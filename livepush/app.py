@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -22,69 +20,20 @@ from starlette.routing import Route, WebSocketRoute
 
 from livepush import __version__, config
 from livepush.api import feeds, ingest, ops
-from livepush.auth import Publishers, origin_allowed
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
-from livepush.errors import BrokerUnavailable, Conflict, LivepushError, RateLimited
-from livepush.hub import Hub
-from livepush.metrics import registry_for
+from livepush.errors import Conflict, LivepushError, RateLimited
+from livepush.gc_policy import GcPolicy
 from livepush.model import CloseCode, is_feed_name
 from livepush.pages import render_editor, render_reader
+from livepush.runtime import Runtime, runtime_of
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.fastws import FastPath
-from livepush.transports.sse import SseConnection
 from livepush.transports.uvicorn import LivepushHttpProtocol, LivepushWebSocketProtocol
 from livepush.transports.ws import FastHandshake, websocket_endpoint
 
 log = logging.getLogger("livepush")
-
-
-class Runtime:
-    """Everything a request handler reaches through `app.state.runtime`."""
-
-    def __init__(self, settings: Settings, broker: Broker) -> None:
-        self.settings = settings
-        self.broker = broker
-        self.hub = Hub(broker, max_buffer=settings.max_buffer)
-        self.publishers = Publishers(settings.publish_tokens, settings.publish_rate)
-        self.sse_streams: set[SseConnection] = set()
-        self.ws_connections = 0
-        self.gc = GcPolicy()
-        self.published = 0
-        self.draining = False
-        self.registry = registry_for(self)
-        self.node = secrets.token_hex(6)  # names this process in the feeds' presence
-        self._reported: set[str] = set()
-
-    def origin_allowed(self, origin: str | None) -> bool:
-        return origin_allowed(origin, self.settings.allowed_origins)
-
-    def subscribers(self, feed: str) -> int:
-        state = self.hub.feeds.get(feed)
-        return 0 if state is None else sum(len(subs) for subs in state.groups.values())
-
-    async def total_subscribers(self, feed: str) -> int:
-        """This node's subscribers of `feed` now, plus every other node's last report."""
-        return self.subscribers(feed) + await self.broker.subscribers(feed, self.node)
-
-    def report_presence(self) -> None:
-        """Tell the broker this node's subscriber counts (off the delivery path)."""
-        counts = {feed: self.subscribers(feed) for feed in self.hub.feeds}
-        counts.update({feed: 0 for feed in self._reported - counts.keys()})
-        self._reported = {feed for feed, count in counts.items() if count}
-        if counts:
-            self.hub.spawn(self._publish_presence(counts))
-
-    async def _publish_presence(self, counts: dict[str, int]) -> None:
-        try:
-            await self.broker.publish_presence(self.node, counts)
-        except BrokerUnavailable:
-            return  # counts only: the next report, once Redis is back, corrects them
-
-    def keepalive(self) -> None:
-        for stream in list(self.sse_streams):
-            stream.keepalive()
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -155,7 +104,7 @@ async def reader_page(request: Request) -> Response:
     feed = request.path_params.get("feed", DEMO_FEED)
     if not is_feed_name(feed):
         raise HTTPException(404, "no such feed")
-    snapshot = await request.app.state.runtime.broker.snapshot(feed, 50, None)
+    snapshot = await runtime_of(request).broker.snapshot(feed, 50, None)
     page = render_reader(
         feed, orjson.loads(feeds.snapshot_body(snapshot)), asset_version=__version__
     )
@@ -240,51 +189,12 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
 PRESENCE_SECONDS = 2.0
 
 
-class GcPolicy:
-    """Keeps Python's full garbage collections short, so none stalls a fan-out.
-
-    A full collection walks every tracked object: with 10,000 sockets that is a few
-    hundred thousand objects and a pause of hundreds of milliseconds, in the middle
-    of deliveries. Every FREEZE_SECONDS the young generations are collected and the
-    survivors frozen (gc.freeze): full collections then only walk what is newer.
-    In a connect storm ten seconds is too long: thousands of new sockets would be
-    walked again by every full collection the storm triggers (about 40 µs of a
-    connection's set-up), so the young objects are also frozen after every
-    FREEZE_CONNECTIONS new connections (gc.freeze itself costs next to nothing).
-    Its cost: cyclic garbage among frozen objects waits until the next thaw, every
-    THAW_SECONDS, when one full collection frees it. Closed sockets leave none: their
-    cycles are broken when they close.
-    """
-
-    FREEZE_SECONDS = 10.0
-    THAW_SECONDS = 600.0
-    FREEZE_CONNECTIONS = 500
-
-    def __init__(self) -> None:
-        self._since_thaw = 0.0
-        self._opened = 0
-
-    def opened(self) -> None:
-        """A connection opened."""
-        self._opened += 1
-        if self._opened >= self.FREEZE_CONNECTIONS:
-            self._opened = 0
-            gc.freeze()
-
-    def tick(self) -> None:
-        self._since_thaw += self.FREEZE_SECONDS
-        if self._since_thaw >= self.THAW_SECONDS:
-            self._since_thaw = 0.0
-            gc.unfreeze()
-            return  # the next automatic full collection frees what was held
-        gc.collect(1)
-        gc.freeze()
-
-
 class _Repeat:
     """Call `callback` every `interval` seconds on loop timers (no task)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, callback: Any) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float, callback: Callable[[], None]
+    ) -> None:
         self._loop, self._interval, self._callback = loop, interval, callback
         self._handle = loop.call_later(interval, self._run)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from livepush.app import GcPolicy
+from livepush.gc_policy import GcPolicy
 
 
 @pytest.fixture(autouse=True)

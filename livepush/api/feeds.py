@@ -9,6 +9,7 @@ from starlette.responses import Response
 from livepush.api.ingest import feed_of
 from livepush.errors import Forbidden, InvalidEntry
 from livepush.model import Snapshot
+from livepush.runtime import runtime_of
 from livepush.transports.sse import EventStream, parse_position
 
 HISTORY_LIMIT, HISTORY_MAX = 100, 1000
@@ -34,7 +35,7 @@ async def feed_info(request: Request) -> Response:
 
     Other nodes' counts are their last report (every 2 s); this node's are live.
     """
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     feed = feed_of(request)
     history = await runtime.broker.history(feed, 0, 0)
     return _json(
@@ -55,7 +56,7 @@ async def feed_history(request: Request) -> Response:
     Extension: `first_seq`, the oldest seq history still holds; `since` older than
     `first_seq - 1` cannot be continued without a gap (the WebSocket answers `reset`).
     """
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     feed = feed_of(request)
     since = int_param(request, "since", 0, 0, 2**53) or 0
     limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX) or HISTORY_LIMIT
@@ -81,7 +82,7 @@ def snapshot_body(snapshot: Snapshot) -> bytes:
 
 async def feed_snapshot(request: Request) -> Response:
     """`GET /v1/feeds/{feed}/snapshot?limit=M&before=S`: the feed as a reader sees it."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     feed = feed_of(request)
     limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX) or SNAPSHOT_LIMIT
     before = int_param(request, "before", None, 1, 2**53)
@@ -91,7 +92,7 @@ async def feed_snapshot(request: Request) -> Response:
 
 async def feed_events(request: Request) -> EventStream:
     """`GET /v1/feeds/{feed}/events`: the feed as Server-Sent Events."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     feed = feed_of(request)
     if not runtime.origin_allowed(request.headers.get("origin")):
         raise Forbidden("this origin may not subscribe")

@@ -19,6 +19,7 @@ from livepush.errors import (
     UnsupportedMediaType,
 )
 from livepush.model import Change, EventType, is_feed_name
+from livepush.runtime import runtime_of
 from livepush.schema import parse_new_entry, parse_patch
 from livepush.wire import entry_template
 
@@ -93,7 +94,7 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
 
 async def create_entry(request: Request) -> Response:
     """`POST /v1/feeds/{feed}/entries`: 201 with the stored entry."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
     key = request.headers.get("idempotency-key")
@@ -121,7 +122,7 @@ async def create_entry(request: Request) -> Response:
 
 async def update_entry(request: Request) -> Response:
     """`PATCH /v1/feeds/{feed}/entries/{id}`: 200 with the corrected entry."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
     entry_id = entry_id_of(request)
@@ -152,7 +153,7 @@ async def update_entry(request: Request) -> Response:
 
 async def delete_entry(request: Request) -> Response:
     """`DELETE /v1/feeds/{feed}/entries/{id}`: 204; the entry leaves the snapshot."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
     entry_id = entry_id_of(request)

@@ -6,6 +6,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from livepush.runtime import runtime_of
+
 
 async def healthz(request: Request) -> Response:
     """The process is alive and serving."""
@@ -14,7 +16,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """The broker is reachable: 200 when publishing would work, 503 when not."""
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     if runtime.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     if await runtime.broker.ready():
@@ -24,5 +26,5 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    body = generate_latest(request.app.state.runtime.registry)
+    body = generate_latest(runtime_of(request).registry)
     return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 from livepush.errors import BrokerUnavailable, LivepushError, NotFound
 from livepush.hub import Format, Hub, sse_comment, sse_control
 from livepush.model import CloseCode
+from livepush.runtime import SseStream
 from livepush.transports.uvicorn import TRANSPORT_EXTENSION
 
 log = logging.getLogger("livepush.sse")
@@ -82,7 +83,7 @@ class EventStream:
     """`GET /v1/feeds/{feed}/events` as an ASGI response that never ends by itself."""
 
     def __init__(
-        self, hub: Hub, streams: set[SseConnection], feed: str, since: int | None, epoch: str | None
+        self, hub: Hub, streams: set[SseStream], feed: str, since: int | None, epoch: str | None
     ) -> None:
         self.hub = hub
         self.streams = streams

@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
+from livepush.runtime import Runtime, runtime_of
 from livepush.transports.fastws import FastSocket
 from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
 from livepush.wire import ClientMessageError, Ping, Subscribe, Unsubscribe, parse_client_message
@@ -96,7 +97,7 @@ class Session:
         "subs",
     )
 
-    def __init__(self, conn: WsConnection, runtime: Any) -> None:
+    def __init__(self, conn: WsConnection, runtime: Runtime) -> None:
         self.conn = conn
         self.runtime = runtime
         self.hub: Hub = runtime.hub
@@ -209,7 +210,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     Starlette does the handshake; then the socket is detached from ASGI and the
     session is driven by the protocol's callbacks (see transports/uvicorn.py).
     """
-    runtime = websocket.app.state.runtime
+    runtime = runtime_of(websocket)
     if not runtime.origin_allowed(websocket.headers.get("origin")):
         await websocket.close(code=CloseCode.POLICY)  # before accept: answered with 403
         return
@@ -225,7 +226,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 def open_session(
     protocol: LivepushWebSocketProtocol | FastSocket,
-    runtime: Any,
+    runtime: Runtime,
     query: str,
     greeting: bytes = b"",
 ) -> None:
@@ -255,7 +256,7 @@ def open_session(
 class FastHandshake:
     """The app's side of the WebSocket handshake that skips ASGI (transports/fastws.py)."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def allowed(self, origin: str | None) -> bool:

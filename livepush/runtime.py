@@ -1,0 +1,84 @@
+"""Runtime: the node's shared state, which every request handler reaches through runtime_of().
+
+Where its neighbours live: the GC policy it holds is `gc_policy.GcPolicy`; the loop
+timers that tick it, keep SSE streams alive and report presence (`_Repeat`) stay in
+`app.py`, whose lifespan owns and cancels them. The Prometheus collector reads the
+runtime through `metrics.Counters`, so this module imports metrics and never the
+other way round; SSE streams are held as `SseStream`, so transports import this
+module and never the other way round.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+from starlette.requests import HTTPConnection
+
+from livepush.auth import Publishers, origin_allowed
+from livepush.brokers.base import Broker
+from livepush.config import Settings
+from livepush.errors import BrokerUnavailable
+from livepush.gc_policy import GcPolicy
+from livepush.hub import Hub
+from livepush.metrics import registry_for
+
+
+class SseStream(Protocol):
+    """An open Server-Sent Events stream, as the runtime's keep-alive timer sees it."""
+
+    def keepalive(self) -> None: ...
+
+
+class Runtime:
+    """Everything a request handler reaches through `runtime_of(request)`."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.hub = Hub(broker, max_buffer=settings.max_buffer)
+        self.publishers = Publishers(settings.publish_tokens, settings.publish_rate)
+        self.sse_streams: set[SseStream] = set()
+        self.ws_connections = 0
+        self.gc = GcPolicy()
+        self.published = 0
+        self.draining = False
+        self.registry = registry_for(self)
+        self.node = secrets.token_hex(6)  # names this process in the feeds' presence
+        self._reported: set[str] = set()
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        return origin_allowed(origin, self.settings.allowed_origins)
+
+    def subscribers(self, feed: str) -> int:
+        state = self.hub.feeds.get(feed)
+        return 0 if state is None else sum(len(subs) for subs in state.groups.values())
+
+    async def total_subscribers(self, feed: str) -> int:
+        """This node's subscribers of `feed` now, plus every other node's last report."""
+        return self.subscribers(feed) + await self.broker.subscribers(feed, self.node)
+
+    def report_presence(self) -> None:
+        """Tell the broker this node's subscriber counts (off the delivery path)."""
+        counts = {feed: self.subscribers(feed) for feed in self.hub.feeds}
+        counts.update({feed: 0 for feed in self._reported - counts.keys()})
+        self._reported = {feed for feed, count in counts.items() if count}
+        if counts:
+            self.hub.spawn(self._publish_presence(counts))
+
+    async def _publish_presence(self, counts: dict[str, int]) -> None:
+        try:
+            await self.broker.publish_presence(self.node, counts)
+        except BrokerUnavailable:
+            return  # counts only: the next report, once Redis is back, corrects them
+
+    def keepalive(self) -> None:
+        for stream in list(self.sse_streams):
+            stream.keepalive()
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    """The runtime of the app serving `connection` (an HTTP request or a WebSocket)."""
+    runtime = connection.app.state.runtime
+    assert isinstance(runtime, Runtime), "the app was not made by livepush.app.create_app"
+    return runtime
