@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-if TYPE_CHECKING:
-    from livepush.runtime import Runtime
+from livepush.hub import Hub
+
+
+class Counters(Protocol):
+    """What the collector reads from the node (`runtime.Runtime`): plain counters."""
+
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def ws_connections(self) -> int: ...
+    @property
+    def sse_streams(self) -> Sized: ...
+    @property
+    def published(self) -> int: ...
 
 
 class RuntimeCollector(Collector):
     """Reads the hub's and transports' plain counters: nothing is added to the hot loop."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Counters) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -53,7 +65,7 @@ class RuntimeCollector(Collector):
         yield CounterMetricFamily("livepush_resets", "reset messages sent", hub.resets)
 
 
-def registry_for(runtime: Runtime) -> CollectorRegistry:
+def registry_for(runtime: Counters) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(runtime))
     return registry
