@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from livepush.api.ingest import entry_fields, new_entry_id
 from livepush.brokers.base import Broker
+from livepush.entries import entry_fields, new_entry_id, rfc3339
 from livepush.model import Change, EventType
 from livepush.wire import entry_template
 
@@ -74,8 +74,7 @@ async def seed_demo(broker: Broker, now: datetime | None = None) -> None:
         return
     now = now or datetime.now(UTC)
     for minutes, title, body, pinned in STORY:
-        at = (now - timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
-        at = at.replace("+00:00", "Z")
+        at = rfc3339(now - timedelta(minutes=minutes))
         entry_id = new_entry_id()
         fields = {"title": title, "body": body, "author": "Live desk", "pinned": pinned}
         parts = entry_template(entry_id, None, entry_fields(fields, at, at))

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from livepush.api.ingest import entry_fields, new_entry_id, now_rfc3339
 from livepush.brokers.base import Broker, Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.brokers.redis import RedisBroker
+from livepush.entries import entry_fields, new_entry_id, now_rfc3339
 from livepush.errors import Conflict, NotFound
 from livepush.model import Change, Event, EventType, Published
 from livepush.schema import parse_new_entry

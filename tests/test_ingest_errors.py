@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from livepush.api.ingest import now_rfc3339
+from livepush.entries import now_rfc3339
 from tests.support import Server, wait_until
 
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
-from datetime import UTC, datetime
-from typing import Any
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+# entry_fields and new_entry_id are re-exported for tests/test_hub.py until it imports
+# them from livepush.entries.
+from livepush.entries import entry_fields as entry_fields
+from livepush.entries import new_entry_id as new_entry_id
+from livepush.entries import now_rfc3339
 from livepush.errors import (
     BadJSON,
     Conflict,
@@ -26,31 +27,6 @@ from livepush.wire import entry_template
 # A correction retried this many times against concurrent ones gives up with 503.
 MAX_CAS_ATTEMPTS = 8
 MAX_IDEMPOTENCY_KEY = 200
-ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-def now_rfc3339() -> str:
-    """The current time, RFC 3339 in UTC with millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_entry_id() -> str:
-    """A random 16-character id from a URL-safe, unambiguous alphabet (80 bits)."""
-    return "".join(secrets.choice(ID_ALPHABET) for _ in range(16))
-
-
-def entry_fields(fields: dict[str, Any], published_at: str, updated_at: str) -> dict[str, Any]:
-    """An entry's JSON fields after id and seq, in the order clients see them."""
-    return {
-        "published_at": published_at,
-        "updated_at": updated_at,
-        "title": fields.get("title"),
-        "body": fields["body"],
-        "author": fields.get("author"),
-        "tags": fields.get("tags"),
-        "pinned": fields.get("pinned", False),
-        "meta": fields.get("meta"),
-    }
 
 
 def entry_id_of(request: Request) -> str:
