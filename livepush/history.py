@@ -76,22 +76,33 @@ class Reset:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """History lost writes under its own epoch: a seq seen in this epoch is beyond its head.
+
+    The epoch must be renewed before anyone continues: the seqs that follow would
+    otherwise pass for the ones already seen, with other entries.
+    """
+
+
 def decide(
     since: int | None, client_epoch: str | None, epoch: str, head_seq: int, first_seq: int
-) -> Replay | Reset:
-    """Decide how a subscriber at (`client_epoch`, `since`) continues a feed.
+) -> Replay | Reset | Lost:
+    """Decide how a reader at (`client_epoch`, `since`) continues a feed: the one place
+    where replay or reset is chosen, for clients and for the nodes' own catch-up.
 
-    `first_seq` is the oldest seq history still holds. A seq beyond the head can only
-    come from another life of the feed (history lost, epoch unknown to the client):
-    continuing it would hand the client another life's entries under a seq it has
-    already seen, so it is a reset too.
+    `first_seq` is the oldest seq history still holds. A seq beyond the head under the
+    same epoch proves lost writes (Lost). Without an epoch it can only come from
+    another life of the feed (history lost, epoch unknown to the client): continuing
+    it would hand the client another life's entries under a seq it has already seen,
+    so it is a reset too.
     """
     if client_epoch is not None and client_epoch != epoch:
         return Reset("epoch")
     if since is None:
         return Replay(head_seq)
     if since > head_seq:
-        return Reset("ahead")
+        return Lost() if client_epoch is not None else Reset("ahead")
     if since < first_seq - 1:
         return Reset("expired")
     return Replay(since)

@@ -34,11 +34,13 @@ class Recorder:
         self.backlog = 0
 
     def write(self, data: bytes) -> None:
-        message = orjson.loads(_payload(data))
-        if message["type"].startswith("entry."):
-            self.frames.append(data)
-        else:
-            self.controls.append(message)  # `subscribed` is written pre-encoded too
+        # A join's `subscribed` and catch-up leave in one write: split it into frames.
+        for frame in _frames(data):
+            message = orjson.loads(_payload(frame))
+            if message["type"].startswith("entry."):
+                self.frames.append(frame)
+            else:
+                self.controls.append(message)  # `subscribed` is written pre-encoded too
 
     def buffered(self) -> int:
         return self.backlog
@@ -56,6 +58,18 @@ class Recorder:
 def _payload(frame: bytes) -> bytes:
     """The payload of an unmasked server frame (short or 16-bit length)."""
     return frame[2:] if frame[1] < 126 else frame[4:]
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The unmasked server frames (short or 16-bit length) one write holds, in order."""
+    frames = []
+    while data:
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        frames.append(data[: start + length])
+        data = data[start + length :]
+    return frames
 
 
 class Listener:

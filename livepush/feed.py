@@ -1,0 +1,479 @@
+"""One feed's ordering on one node, as a state machine that takes events in and hands actions out.
+
+A `Feed` is sans-I/O in the way websockets' protocol is: it never touches a socket,
+a timer or the broker. Live events (`receive`), history reads (`receive_history`) and
+joins (`join`, `join_history`) go in; what to do comes out as values:
+
+- `Fanout`: one event's frame per format and the subscriptions to write it to, and
+  the subscriptions to cut (1013);
+- `Send`: bytes for one subscription (`subscribed` and its catch-up, in one write);
+- `Reset`: tell one subscription its position cannot be continued;
+- `Idle`: nobody is subscribed any more (the shell retires the feed after a while);
+- requests, pulled with `request()`: `ReadHistory` (fill a hole, catch up after a
+  reconnect) and `RenewEpoch` (writes were lost under the current epoch).
+
+The hub (hub.py) is the shell: it owns the tasks and timers, calls the broker for
+the requests and performs the actions. Every order decision is made here, in
+arithmetic on seqs, and every replay-or-reset decision by `history.decide`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from livepush.history import Lost, Replay, Ring, decide
+from livepush.model import CloseCode, Event, History
+from livepush.wire import encode, sse_block, sse_message, ws_deflate_frame, ws_frame
+
+log = logging.getLogger("livepush.feed")
+
+# Events a node keeps per watched feed, so most resumes need no broker round trip.
+RECENT_EVENTS = 256
+# Out-of-order events held while a hole is filled; past this they are dropped and
+# the fill reads them from history instead.
+MAX_PENDING = 10_000
+
+
+class Format(Enum):
+    """How a subscription frames events: the same bytes go to every member of a format."""
+
+    WS = "ws"
+    WS_DEFLATE = "ws-deflate"  # negotiated permessage-deflate: compressed once per event
+    SSE = "sse"
+
+
+def sse_chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk: SSE rides a chunked response written to the socket."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+ENCODERS: dict[Format, Callable[[Event], bytes]] = {
+    Format.WS: lambda event: ws_frame(event.payload),
+    Format.WS_DEFLATE: lambda event: ws_deflate_frame(event.payload),
+    Format.SSE: lambda event: sse_chunk(sse_block(event)),
+}
+
+
+def control(message: dict[str, Any]) -> bytes:
+    """A control message as a WebSocket frame."""
+    return ws_frame(encode(message))
+
+
+def sse_control(kind: str, message: dict[str, Any]) -> bytes:
+    """A control message as an SSE chunk."""
+    return sse_chunk(sse_message(kind, message))
+
+
+def sse_comment(text: bytes) -> bytes:
+    """An SSE comment chunk (keep-alive)."""
+    return sse_chunk(b": " + text + b"\n\n")
+
+
+class Connection(Protocol):
+    """A subscriber's socket as the hub sees it; transports implement it."""
+
+    format: Format
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes on the socket, framed for `format`; never blocks."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+
+    def send(self, kind: str, message: dict[str, Any]) -> None:
+        """Write one control message (subscribed, reset, receipt, error, pong)."""
+
+    def close(self, code: CloseCode) -> None:
+        """Close, aborting the connection if the peer does not read the close."""
+
+
+class Subscription:
+    """One connection's interest in one feed, and the last seq it was sent.
+
+    `write` and `buffered` are the connection's bound methods, looked up once here
+    instead of once per event in the hot loop.
+    """
+
+    __slots__ = ("buffered", "conn", "feed", "last_seq", "live", "receipts", "write")
+
+    def __init__(self, conn: Connection, feed: str, receipts: bool = False) -> None:
+        self.conn = conn
+        self.feed = feed
+        self.write = conn.write
+        self.buffered = conn.buffered
+        self.last_seq = -1
+        self.live = False
+        self.receipts = receipts
+
+
+class Cut(Enum):
+    """Why a live subscription was cut off with 1013 (it resumes from its last seq)."""
+
+    SLOW = "slow"  # more than max_buffer unsent bytes
+    HOLE = "hole"  # it would miss an event: it joined behind what the node delivers
+
+
+# Actions: what the shell must do, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """Write the feed's next event: each frame to its subscriptions, then cut `cut`."""
+
+    seq: int
+    writes: list[tuple[bytes, list[Subscription]]]
+    cut: list[tuple[Subscription, Cut]]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write `data` (already framed) to one subscription."""
+
+    sub: Subscription
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Send `reset`: a WebSocket subscription has ended; an SSE one goes on from `head_seq`."""
+
+    sub: Subscription
+    epoch: str
+    head_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """The feed has no subscription and no join in progress."""
+
+
+Action = Fanout | Send | Reset | Idle
+
+
+# Requests: what the shell must ask the broker.
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHistory:
+    """Read history after `after` and hand it to `receive_history` (or `join_history`).
+
+    `backoff`: the last read made no progress (a replica behind?): wait before this one.
+    """
+
+    after: int
+    backoff: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RenewEpoch:
+    """History lost writes under `stale`: start a new epoch, then read history again."""
+
+    stale: str
+
+
+Request = ReadHistory | RenewEpoch
+
+
+class Feed:
+    """One watched feed on this node: its position, recent events, held events and joins.
+
+    The node's position is (`epoch`, `head`): the last seq it delivered. An event that
+    is not `head + 1` of the current epoch is held in `pending` (bounded) while the
+    hole is read from history; a duplicate is dropped, unless it differs from what
+    was delivered under that seq, which proves history lost writes.
+    """
+
+    def __init__(self, name: str, *, max_buffer: int, max_pending: int = MAX_PENDING) -> None:
+        self.name = name
+        self.max_buffer = max_buffer
+        self.max_pending = max_pending
+        self.epoch = ""
+        self.head = 0
+        self.synced = False  # the first position is known (set by `start`)
+        self.filling = False  # catching up from history: live events wait in `pending`
+        self.groups: dict[Format, dict[Subscription, None]] = {fmt: {} for fmt in Format}
+        self.joining: set[Subscription] = set()
+        self.watchers: set[Subscription] = set()  # want receipts
+        self.recent = Ring(RECENT_EVENTS)
+        self.pending: dict[int, Event] = {}
+        self._stale: str | None = None  # an epoch proven to have lost writes
+        self._stalled = False  # the last history read made no progress
+        self._subscribed: dict[Format, tuple[str, int, bytes]] = {}
+
+    # Position
+
+    def start(self, epoch: str, head: int) -> list[Action]:
+        """The broker's live stream is on and the feed's position was read."""
+        self.epoch, self.head, self.synced = epoch, head, True
+        return self._drain_pending()
+
+    def request(self) -> Request | None:
+        """What the shell must ask the broker next, if anything."""
+        if not self.synced:
+            return None
+        if self._stale is not None:
+            return RenewEpoch(self._stale)
+        if self.filling:
+            return ReadHistory(self.head, self._stalled)
+        return None
+
+    def resync(self) -> None:
+        """The live stream was interrupted: catch up from history before going on."""
+        if self.synced:
+            self.filling = True
+
+    def renewed(self) -> None:
+        """The stale epoch was renewed: the next history read resets the feed."""
+        self._stale = None
+        self.filling = True
+
+    # Live events
+
+    def receive(self, event: Event) -> list[Action]:
+        """An event from the broker's live stream (at most once, maybe out of order)."""
+        if not self.synced or self.filling or event.epoch != self.epoch:
+            self._hold(event)
+            self.filling = self.synced  # another epoch: the catch-up reads its history
+            return []
+        if event.seq == self.head + 1:
+            actions: list[Action] = [self._advance(event)]
+            if self.pending:
+                actions += self._drain_pending()
+            return actions
+        if event.seq > self.head + 1:
+            self._hold(event)
+            self.filling = True  # a hole: pub/sub dropped something
+            return []
+        seen = self.recent.at(event.seq)
+        if seen is not None and seen.payload != event.payload:
+            # The same seq twice with other content: writes under this epoch were lost.
+            log.warning("feed %s: history lost writes under epoch %s", self.name, self.epoch)
+            self._stale = self.epoch
+        return []
+
+    def _hold(self, event: Event) -> None:
+        if len(self.pending) < self.max_pending:
+            self.pending[event.seq] = event
+
+    def _advance_pending(self) -> list[Action]:
+        """Deliver the held events that now follow the head, in order; drop the passed.
+
+        An event of another epoch stays held: the catch-up that reads the new epoch's
+        history resets the feed and keeps it only if it belongs to that life.
+        """
+        actions: list[Action] = []
+        pending = self.pending
+        while (event := pending.get(self.head + 1)) is not None and event.epoch == self.epoch:
+            del pending[event.seq]
+            actions.append(self._advance(event))
+        for seq in [seq for seq in pending if seq <= self.head]:
+            del pending[seq]
+        return actions
+
+    def _drain_pending(self) -> list[Action]:
+        actions = self._advance_pending()
+        if self.pending:
+            self.filling = True
+        return actions
+
+    def _advance(self, event: Event) -> Fanout:
+        """The feed's next event for every live subscription: the hot loop.
+
+        A subscription one behind gets the frame; one already past it (it joined from
+        history beyond this seq) is skipped; one further behind would see a hole and is
+        cut, as is one holding more than `max_buffer` unsent bytes.
+        """
+        seq = event.seq
+        self.head = seq
+        self.recent.append(event)
+        writes: list[tuple[bytes, list[Subscription]]] = []
+        cut: list[tuple[Subscription, Cut]] = []
+        limit = self.max_buffer
+        for fmt, subs in self.groups.items():
+            if not subs:
+                continue
+            targets: list[Subscription] = []
+            for sub in subs:
+                if sub.last_seq + 1 != seq:
+                    if sub.last_seq < seq:
+                        cut.append((sub, Cut.HOLE))
+                elif sub.buffered() > limit:
+                    cut.append((sub, Cut.SLOW))
+                else:
+                    sub.last_seq = seq
+                    targets.append(sub)
+            if targets:
+                writes.append((ENCODERS[fmt](event), targets))
+        for sub, _ in cut:
+            self._remove(sub)
+        return Fanout(seq, writes, cut)
+
+    # History
+
+    def receive_history(self, history: History) -> list[Action]:
+        """The answer to `ReadHistory`: advance through it, or reset the feed."""
+        start_head = self.head
+        decision = decide(self.head, self.epoch, history.epoch, history.head_seq, history.first_seq)
+        if isinstance(decision, Lost):
+            # History went back under the same epoch: writes were lost.
+            self._stale = self.epoch
+            return []
+        actions: list[Action] = []
+        if isinstance(decision, Replay):
+            # Lazily: each event is compared with the head its predecessor moved.
+            actions.extend(self._advance(e) for e in history.events if e.seq == self.head + 1)
+        else:
+            actions += self._reset_all(history)
+        actions += self._advance_pending()
+        if not self.pending and history.head_seq <= self.head:
+            self.filling = self._stalled = False
+        else:
+            self._stalled = self.head == start_head
+        return actions
+
+    def _reset_all(self, history: History) -> list[Action]:
+        """The feed's history was lost or outran this node: every subscriber starts over."""
+        log.warning(
+            "feed %s: history lost or outrun (epoch %s -> %s, head %d -> %d); resetting",
+            self.name,
+            self.epoch,
+            history.epoch,
+            self.head,
+            history.head_seq,
+        )
+        self.epoch, self.head = history.epoch, history.head_seq
+        self.recent.clear()
+        self.pending = {s: e for s, e in self.pending.items() if e.epoch == self.epoch}
+        return [
+            self._reset(sub, history.epoch, history.head_seq)
+            for subs in self.groups.values()
+            for sub in list(subs)
+        ]
+
+    # Joining
+
+    def join(self, sub: Subscription, since: int | None, epoch: str | None) -> list[Action] | None:
+        """Join without a broker round trip, when this node's recent events reach back.
+
+        None means "not from memory": read history and call `join_history`.
+        """
+        if not self.synced:
+            return None
+        first = self.recent.first_seq(self.head)
+        decision = decide(since, epoch, self.epoch, self.head, first)
+        if not isinstance(decision, Replay):
+            return None  # the broker may know better: this node may be behind
+        events = self.recent.after(decision.since, self.head)
+        assert events is not None  # decide() checked the ring reaches back
+        data = [self._subscribed_frame(sub, self.epoch, self.head)]
+        sub.last_seq = decision.since
+        return [Send(sub, self._go_live(sub, data, events))]
+
+    def join_history(
+        self, sub: Subscription, since: int | None, epoch: str | None, history: History
+    ) -> tuple[list[Action], Request | None]:
+        """Join from a history read; the request, if any, must be answered before the
+        join is complete: `ReadHistory` (the node moved on while the client read: read
+        again from where it got to) or `RenewEpoch` (then read again as before)."""
+        if history.epoch != self.epoch:
+            # The feed's history was lost (Redis emptied) and this node has not yet
+            # noticed: catch the feed up, which resets every subscription on it.
+            self.filling = self.synced
+            return [self._reset(sub, history.epoch, history.head_seq)], None
+        decision = decide(since, epoch, history.epoch, history.head_seq, history.first_seq)
+        if isinstance(decision, Lost):
+            # The client saw a seq this epoch's history no longer has: writes were
+            # lost. A new epoch keeps the seqs that follow from passing for the ones
+            # it saw; the next read resets it (and the feed).
+            return [], RenewEpoch(history.epoch)
+        if not isinstance(decision, Replay):
+            return [self._reset(sub, history.epoch, history.head_seq)], None
+        data: list[bytes] = []
+        if sub.last_seq < 0:
+            data.append(self._subscribed_frame(sub, history.epoch, history.head_seq))
+        sub.last_seq = decision.since
+        encode_event = ENCODERS[sub.conn.format]
+        for event in history.events:
+            if event.seq == sub.last_seq + 1:
+                data.append(encode_event(event))
+                sub.last_seq = event.seq
+        if sub.last_seq >= self.head:
+            return [Send(sub, self._go_live(sub, data, []))], None
+        events = self.recent.after(sub.last_seq, self.head)
+        if events is None:
+            return [Send(sub, b"".join(data))], ReadHistory(sub.last_seq)
+        return [Send(sub, self._go_live(sub, data, events))], None
+
+    def _subscribed_frame(self, sub: Subscription, epoch: str, head: int) -> bytes:
+        """`subscribed`, encoded once per feed position and format: a reconnect storm of
+        thousands of joiners at one head costs one encoding."""
+        fmt = sub.conn.format
+        cached = self._subscribed.get(fmt)
+        if cached is None or cached[0] != epoch or cached[1] != head:
+            message = {"type": "subscribed", "feed": self.name, "epoch": epoch, "head_seq": head}
+            frame = sse_control("subscribed", message) if fmt is Format.SSE else control(message)
+            cached = self._subscribed[fmt] = (epoch, head, frame)
+        return cached[2]
+
+    def _go_live(self, sub: Subscription, data: list[bytes], catch_up: list[Event]) -> bytes:
+        """Add the catch-up frames after `data` and make `sub` live: all in one write."""
+        encode_event = ENCODERS[sub.conn.format]
+        for event in catch_up:
+            if event.seq == sub.last_seq + 1:
+                data.append(encode_event(event))
+                sub.last_seq = event.seq
+        sub.live = True
+        self.groups[sub.conn.format][sub] = None
+        if sub.receipts:
+            self.watchers.add(sub)
+        return b"".join(data)
+
+    def _reset(self, sub: Subscription, epoch: str, head_seq: int) -> Reset:
+        """WebSocket subscriptions end (the client reloads the snapshot and subscribes
+        again); SSE streams go on from the new head, since EventSource resumes by itself
+        with the `epoch:seq` ids that follow."""
+        if sub.conn.format is Format.SSE:
+            sub.last_seq = head_seq
+            if not sub.live:
+                self._go_live(sub, [], [])
+        else:
+            self._remove(sub)
+        return Reset(sub, epoch, head_seq)
+
+    def begin_join(self, sub: Subscription) -> None:
+        """A join that needs the broker has started: the feed is not idle meanwhile."""
+        self.joining.add(sub)
+
+    def end_join(self, sub: Subscription) -> list[Action]:
+        self.joining.discard(sub)
+        return [] if sub.live else self._idle()
+
+    def leave(self, sub: Subscription) -> list[Action]:
+        """Remove a subscription; safe to call twice."""
+        self._remove(sub)
+        return self._idle()
+
+    def _remove(self, sub: Subscription) -> None:
+        sub.live = False
+        self.groups[sub.conn.format].pop(sub, None)
+        self.watchers.discard(sub)
+
+    def _idle(self) -> list[Action]:
+        return [Idle()] if self.empty() else []
+
+    def empty(self) -> bool:
+        return not self.joining and not any(self.groups.values())
+
+    def subscriptions(self) -> int:
+        return sum(len(subs) for subs in self.groups.values())
+
+    def remove_all(self) -> list[Subscription]:
+        """Take every live subscription off the feed (drain): the shell closes them."""
+        subs = [sub for group in self.groups.values() for sub in group]
+        for sub in subs:
+            self._remove(sub)
+        return subs
