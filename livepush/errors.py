@@ -57,3 +57,11 @@ class BrokerUnavailable(LivepushError):
 
 class Conflict(Exception):
     """The stored entry changed under a compare-and-set: read it again and retry."""
+
+
+class BadSince(ValueError):
+    """A resume position that is not an integer in 0..2**53 (wire.parse_since).
+
+    Not a LivepushError: each transport answers it its own way (a WebSocket `error`
+    message, a 400 on SSE, a 422 naming `since` on history).
+    """

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from websockets.frames import Frame, Opcode
 
+from livepush.errors import BadSince
 from livepush.model import Event, EventType, is_feed_name
 
 # A client message is a few hundred bytes; anything far beyond that is abuse.
@@ -131,13 +132,40 @@ class Ping:
 ClientMessage = Subscribe | Unsubscribe | Ping
 
 
-def parse_since(value: object) -> int | None:
-    """A resume position: a non-negative integer, or None for "from now"."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ClientMessageError("bad_since", "since must be a non-negative integer")
+# The highest resume position accepted anywhere: 2**53, where JavaScript's numbers
+# (livepush.js, and JSON.parse in every browser) stop counting exactly (its
+# Number.MAX_SAFE_INTEGER is 2**53 - 1). A seq past it could not be resumed from.
+MAX_SEQ = 2**53
+
+
+def parse_since(value: object) -> int:
+    """A resume position: a JSON number (an int) or its digits from a URL or a header.
+
+    Either way a whole number in 0..MAX_SEQ; anything else (a bool, a float, a sign,
+    a blank) raises BadSince, which each transport answers in its own way.
+    """
+    if isinstance(value, str):
+        # Past MAX_SEQ's 16 digits it is out of range: never int() a megabyte of them.
+        significant = value.lstrip("0")
+        if not (value.isascii() and value.isdigit()) or len(significant) > len(str(MAX_SEQ)):
+            raise BadSince(f"since must be an integer in 0..{MAX_SEQ}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise BadSince(f"since must be an integer in 0..{MAX_SEQ}")
     return value
+
+
+def _since_of(message: dict[str, Any]) -> int | None:
+    """The message's `since`, or None for "from now"."""
+    since = message.get("since")
+    if since is None:
+        return None
+    if isinstance(since, str):  # a message carries the number itself; digits are for URLs
+        raise ClientMessageError("bad_since", f"since must be an integer in 0..{MAX_SEQ}")
+    try:
+        return parse_since(since)
+    except BadSince as error:
+        raise ClientMessageError("bad_since", str(error)) from None
 
 
 def _feed_of(message: dict[str, Any]) -> str:
@@ -173,7 +201,5 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
         token = message.get("token")
         if token is not None and not isinstance(token, str):
             raise ClientMessageError("bad_message", "token must be a string")
-        return Subscribe(
-            _feed_of(message), parse_since(message.get("since")), epoch, receipts, token
-        )
+        return Subscribe(_feed_of(message), _since_of(message), epoch, receipts, token)
     raise ClientMessageError("unknown_type", "type must be subscribe, unsubscribe or ping")

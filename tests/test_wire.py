@@ -9,9 +9,11 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from livepush.errors import BadSince
 from livepush.model import EventType
 from livepush.wire import (
     MAX_CLIENT_MESSAGE,
+    MAX_SEQ,
     ClientMessageError,
     Ping,
     Subscribe,
@@ -20,6 +22,7 @@ from livepush.wire import (
     event_payload,
     join_entry,
     parse_client_message,
+    parse_since,
     ws_frame,
 )
 
@@ -220,3 +223,64 @@ def test_client_message_limit_counts_bytes_not_characters() -> None:
     with pytest.raises(ClientMessageError) as raised:
         parse_client_message(message)
     assert raised.value.code == "too_big"
+
+
+# Resume positions: one rule for a message's number and a URL's or header's digits
+
+
+def test_max_seq_is_javascripts_last_exact_integer_plus_one() -> None:
+    assert MAX_SEQ == 2**53
+
+
+@pytest.mark.parametrize("value", [0, 1, MAX_SEQ - 1, MAX_SEQ])
+def test_since_from_zero_to_max_seq_is_accepted_as_a_number(value: int) -> None:
+    assert parse_since(value) == value
+
+
+@pytest.mark.parametrize("value", [0, 1, MAX_SEQ - 1, MAX_SEQ])
+def test_since_from_zero_to_max_seq_is_accepted_as_digits(value: int) -> None:
+    assert parse_since(str(value)) == value
+
+
+def test_since_digits_may_have_leading_zeros() -> None:
+    assert parse_since("007") == 7
+    assert parse_since("0" * 100 + str(MAX_SEQ)) == MAX_SEQ
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(-1, id="negative"),
+        pytest.param(MAX_SEQ + 1, id="past-max"),
+        pytest.param(2**64, id="far-past-max"),
+        pytest.param(True, id="true"),
+        pytest.param(False, id="false"),
+        pytest.param(1.0, id="float"),
+        pytest.param(None, id="none"),
+        pytest.param([1], id="list"),
+        pytest.param("-1", id="negative-digits"),
+        pytest.param("+1", id="plus-sign"),
+        pytest.param(str(MAX_SEQ + 1), id="digits-past-max"),
+        pytest.param("1" + "0" * 16, id="seventeen-digits"),
+        pytest.param("9" * 5000, id="more-digits-than-int-reads"),
+        pytest.param("", id="empty"),
+        pytest.param(" 1", id="space"),
+        pytest.param("1.0", id="decimal-point"),
+        pytest.param("1e3", id="exponent"),
+        pytest.param("0x10", id="hex"),
+        pytest.param("1_000", id="underscore"),
+        pytest.param("\u0661", id="arabic-indic-digit"),
+        pytest.param("\u00b2", id="superscript-two"),
+    ],
+)
+def test_since_outside_zero_to_max_seq_raises_bad_since(value: object) -> None:
+    with pytest.raises(BadSince):
+        parse_since(value)
+
+
+def test_message_since_at_max_seq_is_accepted_and_past_it_is_bad_since() -> None:
+    at_max = orjson.dumps({"type": "subscribe", "feed": "t", "since": MAX_SEQ})
+    assert parse_client_message(at_max) == Subscribe("t", MAX_SEQ)
+    with pytest.raises(ClientMessageError) as raised:
+        parse_client_message(orjson.dumps({"type": "subscribe", "feed": "t", "since": MAX_SEQ + 1}))
+    assert raised.value.code == "bad_since"

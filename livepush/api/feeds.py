@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from livepush.api.ingest import feed_of
-from livepush.errors import Forbidden, InvalidEntry
+from livepush.errors import BadSince, Forbidden, InvalidEntry
 from livepush.model import Snapshot
 from livepush.runtime import runtime_of
 from livepush.transports.sse import EventStream, parse_position
+from livepush.wire import MAX_SEQ, parse_since
 
 HISTORY_LIMIT, HISTORY_MAX = 100, 1000
 SNAPSHOT_LIMIT, SNAPSHOT_MAX = 50, 500
@@ -24,6 +25,17 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidEntry(f"bad {name}", fields={name: f"an integer in {low}..{high}"})
     return int(raw)
+
+
+def _since(request: Request) -> int:
+    """History's `?since=`: 0 when absent, else wire.parse_since's rule, or 422 naming it."""
+    raw = request.query_params.get("since")
+    if raw is None:
+        return 0
+    try:
+        return parse_since(raw)
+    except BadSince:
+        raise InvalidEntry("bad since", fields={"since": f"an integer in 0..{MAX_SEQ}"}) from None
 
 
 def _json(body: bytes) -> Response:
@@ -58,7 +70,7 @@ async def feed_history(request: Request) -> Response:
     """
     runtime = runtime_of(request)
     feed = feed_of(request)
-    since = int_param(request, "since", 0, 0, 2**53) or 0
+    since = _since(request)
     limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX) or HISTORY_LIMIT
     history = await runtime.broker.history(feed, since, limit)
     head = orjson.dumps(
@@ -85,7 +97,7 @@ async def feed_snapshot(request: Request) -> Response:
     runtime = runtime_of(request)
     feed = feed_of(request)
     limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX) or SNAPSHOT_LIMIT
-    before = int_param(request, "before", None, 1, 2**53)
+    before = int_param(request, "before", None, 1, MAX_SEQ)
     snapshot = await runtime.broker.snapshot(feed, limit, before)
     return _json(snapshot_body(snapshot))
 

@@ -9,11 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from livepush.errors import BrokerUnavailable, LivepushError, NotFound
+from livepush.errors import BadSince, BrokerUnavailable, LivepushError, NotFound
 from livepush.hub import Format, Hub, sse_comment, sse_control
 from livepush.model import CloseCode
 from livepush.runtime import SseStream
 from livepush.transports.uvicorn import TRANSPORT_EXTENSION
+from livepush.wire import parse_since
 
 log = logging.getLogger("livepush.sse")
 
@@ -70,9 +71,12 @@ def parse_position(request: Request) -> tuple[int | None, str | None]:
         raw, epoch = seq_part, epoch_part or None
     else:
         return None, query.get("epoch")
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise BadPosition("since (or Last-Event-ID) must be [<epoch>:]<non-negative integer>")
-    return int(raw), epoch
+    try:
+        return parse_since(raw), epoch
+    except BadSince:
+        raise BadPosition(
+            "since (or Last-Event-ID) must be [<epoch>:]<non-negative integer>"
+        ) from None
 
 
 class BadPosition(LivepushError):

@@ -10,13 +10,20 @@ from urllib.parse import parse_qsl
 
 from starlette.websockets import WebSocket
 
-from livepush.errors import BrokerUnavailable
+from livepush.errors import BadSince, BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
 from livepush.runtime import Runtime, runtime_of
 from livepush.transports.fastws import FastSocket
 from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
-from livepush.wire import ClientMessageError, Ping, Subscribe, Unsubscribe, parse_client_message
+from livepush.wire import (
+    ClientMessageError,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    parse_client_message,
+    parse_since,
+)
 
 log = logging.getLogger("livepush.ws")
 
@@ -274,8 +281,9 @@ def _subscribe_from_query(
         return
     position = None
     if since is not None:
-        if not (since.isascii() and since.isdigit() and len(since) <= 18):
-            session.error("bad_since", "since must be a non-negative integer")
+        try:
+            position = parse_since(since)
+        except BadSince as error:
+            session.error("bad_since", str(error))
             return
-        position = int(since)
     session.subscribe(Subscribe(feed, position, epoch))
