@@ -6,6 +6,7 @@ import hmac
 import time
 
 from livepush.errors import Forbidden, RateLimited, Unauthorized
+from livepush.ratelimit import TokenBucket
 
 
 def bearer_token(header: str | None) -> str:
@@ -24,7 +25,7 @@ class Publishers:
     def __init__(self, tokens: tuple[str, ...], rate: float) -> None:
         self._tokens = tuple(token.encode() for token in tokens)
         self._rate = rate
-        self._buckets: dict[bytes, tuple[float, float]] = {}
+        self._buckets: dict[bytes, TokenBucket] = {}
 
     def check(self, header: str | None) -> bytes:
         """The caller's token if it is a publisher's; 401 without one, 403 for a wrong one."""
@@ -47,14 +48,12 @@ class Publishers:
         if self._rate <= 0:
             return
         now = time.monotonic()
-        capacity = 2 * self._rate
-        allowance, checked = self._buckets.get(token, (capacity, now))
-        allowance = min(capacity, allowance + (now - checked) * self._rate)
-        if allowance < 1:
-            retry_after = max(1, round((1 - allowance) / self._rate + 0.5))
-            self._buckets[token] = (allowance, now)
+        bucket = self._buckets.get(token)
+        if bucket is None:
+            bucket = self._buckets[token] = TokenBucket(self._rate, 2 * self._rate, now)
+        if not bucket.take(now):
+            retry_after = max(1, round(bucket.wait() + 0.5))
             raise RateLimited("too many publishes with this token", retry_after=retry_after)
-        self._buckets[token] = (allowance - 1, now)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:

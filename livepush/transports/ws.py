@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket
 from livepush.errors import BadSince, BrokerUnavailable
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
+from livepush.ratelimit import TokenBucket
 from livepush.runtime import Runtime, runtime_of
 from livepush.transports.fastws import FastSocket
 from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
@@ -92,8 +93,7 @@ class Session:
     """
 
     __slots__ = (
-        "_allowance",
-        "_checked",
+        "_bucket",
         "_strikes",
         "conn",
         "hub",
@@ -112,8 +112,7 @@ class Session:
         self.subs: dict[str, Subscription] = {}
         self.pending: dict[str, asyncio.Task[None]] = {}
         self.is_closed = False
-        self._allowance = 2 * MESSAGE_RATE
-        self._checked = time.monotonic()
+        self._bucket: TokenBucket | None = None  # made at the first message
         self._strikes = 0
         runtime.ws_connections += 1
         runtime.gc.opened()
@@ -125,15 +124,13 @@ class Session:
             self.conn.close(CloseCode.POLICY)
 
     def _within_rate(self) -> bool:
+        # A bucket and its floats are about 0.1 KiB, and a reader subscribed in the URL
+        # may never send a message: its socket holds none until it does (a bucket
+        # made now starts full, as one made at the open would be by now).
         now = time.monotonic()
-        self._allowance = min(
-            2 * MESSAGE_RATE, self._allowance + (now - self._checked) * MESSAGE_RATE
-        )
-        self._checked = now
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
+        if self._bucket is None:
+            self._bucket = TokenBucket(MESSAGE_RATE, 2 * MESSAGE_RATE, now)
+        return self._bucket.take(now)
 
     def receive(self, data: bytes) -> None:
         if not self._within_rate():
