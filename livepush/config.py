@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -51,7 +51,7 @@ class Settings:
             raise ConfigError("history size must be 0..1000000")
         if self.max_buffer < 1024:
             raise ConfigError("max buffer must be at least 1024 bytes")
-        if self.ws_compression not in ("off", "shared"):
+        if self.ws_compression not in WS_COMPRESSION:
             raise ConfigError("ws compression must be off or shared")
         if not self.publish_tokens and not is_loopback(self.host):
             raise ConfigError(
@@ -74,24 +74,153 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-ENV: dict[str, tuple[str, Any]] = {
-    "LIVEPUSH_HOST": ("host", str),
-    "LIVEPUSH_PORT": ("port", int),
-    "LIVEPUSH_REDIS_URL": ("redis_url", lambda v: v or None),
-    "LIVEPUSH_WORKERS": ("workers", int),
-    "LIVEPUSH_PUBLISH_TOKENS": ("publish_tokens", _split),
-    "LIVEPUSH_ALLOWED_ORIGINS": ("allowed_origins", _split),
-    "LIVEPUSH_HISTORY_SIZE": ("history_size", int),
-    "LIVEPUSH_MAX_BUFFER": ("max_buffer", int),
-    "LIVEPUSH_MAX_FEEDS_PER_CONNECTION": ("max_feeds_per_connection", int),
-    "LIVEPUSH_PING_INTERVAL": ("ping_interval", float),
-    "LIVEPUSH_SSE_KEEPALIVE": ("sse_keepalive", float),
-    "LIVEPUSH_PUBLISH_RATE": ("publish_rate", float),
-    "LIVEPUSH_DRAIN_SECONDS": ("drain_seconds", float),
-    "LIVEPUSH_WS_COMPRESSION": ("ws_compression", str),
-    "LIVEPUSH_DEMO": ("demo", lambda v: v.lower() not in ("0", "false", "no", "")),
-    "LIVEPUSH_LOG_LEVEL": ("log_level", str),
-}
+def _url(value: str) -> str | None:
+    return value or None
+
+
+def _yes(value: str) -> bool:
+    return value.lower() not in ("0", "false", "no", "")
+
+
+WS_COMPRESSION = ("off", "shared")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One knob of Settings as the outside sets it: its LIVEPUSH_* variable and its flag.
+
+    `parse` reads the variable's text (and a `store` flag's). A `flag` of None means
+    the variable alone sets it. `action` is the flag's: `store` takes a value,
+    `append` is repeatable (its variable is comma-separated), `store_false` is a
+    switch that turns the setting off.
+    """
+
+    attr: str
+    variable: str
+    parse: Callable[[str], Any]
+    flag: str | None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    action: Literal["store", "append", "store_false"] = "store"
+
+
+# The one table `livepush serve`'s flags, the variables and the worker processes'
+# environment are made from (README "Running" lists the same).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "LIVEPUSH_HOST", str, "--host", "address to bind (default 127.0.0.1)"),
+    Setting("port", "LIVEPUSH_PORT", int, "--port", "port (default 8000)"),
+    Setting(
+        "redis_url",
+        "LIVEPUSH_REDIS_URL",
+        _url,
+        "--redis-url",
+        "Redis URL; none: the in-process broker",
+    ),
+    Setting(
+        "workers", "LIVEPUSH_WORKERS", int, "--workers", "worker processes (Redis only; default 1)"
+    ),
+    Setting(
+        "publish_tokens",
+        "LIVEPUSH_PUBLISH_TOKENS",
+        _split,
+        "--publish-token",
+        "a publisher token (repeatable); overrides LIVEPUSH_PUBLISH_TOKENS",
+        action="append",
+    ),
+    Setting(
+        "allowed_origins",
+        "LIVEPUSH_ALLOWED_ORIGINS",
+        _split,
+        "--allowed-origin",
+        "an Origin allowed to subscribe (repeatable); default: any",
+        action="append",
+    ),
+    Setting(
+        "history_size",
+        "LIVEPUSH_HISTORY_SIZE",
+        int,
+        "--history-size",
+        "events kept per feed (default 1000)",
+    ),
+    Setting(
+        "max_buffer",
+        "LIVEPUSH_MAX_BUFFER",
+        int,
+        "--max-buffer",
+        "unsent bytes before 1013 (default 1 MiB)",
+    ),
+    Setting(
+        "max_feeds_per_connection",
+        "LIVEPUSH_MAX_FEEDS_PER_CONNECTION",
+        int,
+        None,
+        "feeds one WebSocket may hold (default 100)",
+    ),
+    Setting(
+        "ping_interval",
+        "LIVEPUSH_PING_INTERVAL",
+        float,
+        "--ping-interval",
+        "server ping seconds (default 20)",
+    ),
+    Setting(
+        "sse_keepalive",
+        "LIVEPUSH_SSE_KEEPALIVE",
+        float,
+        None,
+        "seconds between SSE keep-alive comments (default 15)",
+    ),
+    Setting(
+        "publish_rate",
+        "LIVEPUSH_PUBLISH_RATE",
+        float,
+        "--publish-rate",
+        "publishes/s per token; 0: no limit",
+    ),
+    Setting(
+        "drain_seconds",
+        "LIVEPUSH_DRAIN_SECONDS",
+        float,
+        "--drain-seconds",
+        "SIGTERM grace period (default 10)",
+    ),
+    Setting(
+        "ws_compression",
+        "LIVEPUSH_WS_COMPRESSION",
+        str,
+        "--ws-compression",
+        "permessage-deflate: shared (default: compressed once per event) or off",
+        choices=WS_COMPRESSION,
+    ),
+    Setting(
+        "demo",
+        "LIVEPUSH_DEMO",
+        _yes,
+        "--no-demo",
+        "do not seed the demo feed",
+        action="store_false",
+    ),
+    Setting(
+        "log_level",
+        "LIVEPUSH_LOG_LEVEL",
+        str,
+        "--log-level",
+        "debug adds access logs (default info)",
+        choices=LOG_LEVELS,
+    ),
+)
+
+
+def environment(flags: Mapping[str, Any]) -> dict[str, str]:
+    """The LIVEPUSH_* variables saying what the set `flags` say (for worker processes)."""
+    variables = {}
+    for setting in SETTINGS:
+        value = flags.get(setting.attr)
+        if value is not None:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            variables[setting.variable] = text
+    return variables
 
 
 def load(
@@ -100,12 +229,12 @@ def load(
     """Build validated Settings: defaults, then LIVEPUSH_* variables, then flags that are set."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for name, (attr, convert) in ENV.items():
-        if name in environ:
+    for setting in SETTINGS:
+        if setting.variable in environ:
             try:
-                values[attr] = convert(environ[name])
+                values[setting.attr] = setting.parse(environ[setting.variable])
             except ValueError as error:
-                raise ConfigError(f"{name}: {error}") from None
+                raise ConfigError(f"{setting.variable}: {error}") from None
     known = {f.name for f in fields(Settings)}
     values.update(
         {

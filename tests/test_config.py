@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
-from livepush.config import ConfigError, Settings, load
+from livepush import cli
+from livepush.config import SETTINGS, ConfigError, Settings, environment, load
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_without_flags_or_variables() -> None:
@@ -145,3 +152,56 @@ def test_ws_compression_is_shared_by_default_and_off_on_request() -> None:
 def test_an_unknown_ws_compression_is_refused() -> None:
     with pytest.raises(ConfigError, match="compression"):
         load(environ={"LIVEPUSH_WS_COMPRESSION": "per-socket"})
+
+
+# One table: the flags, the variables and the README
+
+
+def _readme_flag_cells() -> dict[str, str]:
+    """The README's configuration table: each variable's flag cell."""
+    cells: dict[str, str] = {}
+    for line in README.read_text().splitlines():
+        row = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        variable = re.fullmatch(r"`(LIVEPUSH_\w+)`.*", row[1]) if len(row) == 4 else None
+        if variable:
+            cells[variable.group(1)] = row[0]
+    return cells
+
+
+def test_every_settings_field_but_the_fixed_ones_has_a_variable() -> None:
+    fixed = {"max_body", "generated_token"}  # the SPEC's body limit; set by `serve` itself
+    assert {f.name for f in fields(Settings)} - fixed == {setting.attr for setting in SETTINGS}
+
+
+def test_the_readme_configuration_table_lists_every_variable() -> None:
+    assert set(_readme_flag_cells()) == {setting.variable for setting in SETTINGS}
+
+
+def test_every_variable_has_its_flag_or_is_documented_as_variable_only() -> None:
+    cells = _readme_flag_cells()
+    for setting in SETTINGS:
+        expected = "\u2014" if setting.flag is None else f"`{setting.flag}`"
+        assert cells[setting.variable].startswith(expected), setting.variable
+
+
+def test_every_flag_sets_its_setting_and_workers_get_the_same_from_the_environment() -> None:
+    argv = ["serve", "--host", "0.0.0.0", "--port", "9100", "--redis-url", "redis://r:1/0"]
+    argv += ["--workers", "2", "--publish-token", "a", "--publish-token", "b"]
+    argv += ["--allowed-origin", "https://news.example", "--history-size", "5"]
+    argv += ["--max-buffer", "2048", "--ping-interval", "3.5", "--publish-rate", "0"]
+    argv += ["--drain-seconds", "1.5", "--ws-compression", "off", "--no-demo"]
+    argv += ["--log-level", "debug"]
+    flags = vars(cli.parser().parse_args(argv))
+    flags["publish_tokens"] = tuple(flags["publish_tokens"])
+    flags["allowed_origins"] = tuple(flags["allowed_origins"])
+    from_flags = load(flags, {})
+    defaults = Settings()
+    flagged = [setting.attr for setting in SETTINGS if setting.flag is not None]
+    unchanged = [attr for attr in flagged if getattr(from_flags, attr) == getattr(defaults, attr)]
+    assert unchanged == []
+    assert load({}, environment(flags)) == from_flags
+
+
+def test_unset_flags_are_none_so_variables_apply() -> None:
+    flags = vars(cli.parser().parse_args(["serve"]))
+    assert all(flags[setting.attr] is None for setting in SETTINGS if setting.flag is not None)
