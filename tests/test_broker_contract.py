@@ -16,7 +16,7 @@ from livepush.entries import entry_fields, new_entry_id, now_rfc3339
 from livepush.errors import Conflict, NotFound
 from livepush.model import Change, Event, EventType, Published
 from livepush.schema import parse_new_entry
-from livepush.wire import entry_template
+from livepush.wire import entry_template, event_payload
 from tests.support import RedisServer
 
 FEED = "contract"
@@ -434,6 +434,60 @@ async def test_live_event_payload_is_the_spec_event(make_broker: MakeBroker) -> 
         "seq": 1,
         "entry": entry_of(published),
     }
+    # Byte for byte what wire.event_payload builds (on Redis, publish.lua builds it).
+    entry_id = entry_of(published)["id"]
+    assert event.payload == event_payload(EventType.CREATED, FEED, 1, published.entry, entry_id)
+
+
+async def test_redis_and_memory_brokers_send_the_same_event_bytes(
+    redis_server: RedisServer,
+) -> None:
+    # publish.lua (on Redis) and wire.event_payload (in-process) each build the event
+    # JSON; a subscriber's bytes must not depend on which one its node runs. The same
+    # changes go to both: created entries (the seq spliced into the entry), two
+    # corrections, a retraction; seqs of one and two digits.
+    feed = "same.bytes_feed-1"
+    brokers: list[Broker] = [MemoryBroker(1000), RedisBroker(redis_server.url, 1000)]
+    recorders = [Recorder(), Recorder()]
+    for broker, recorder in zip(brokers, recorders, strict=True):
+        await broker.start(recorder)
+        await broker.watch(feed)
+
+    async def publish_to_both(change: Change) -> bytes:
+        entries = [(await broker.publish(feed, change)).entry for broker in brokers]
+        assert entries[0] == entries[1]
+        return entries[0] or b""
+
+    try:
+        body = 'He said "guilty" \u2014 caf\u00e9 \U0001f4f0 <b>&amp;</b>\n\\ end'
+        meta = {"source": {"url": "https://example.com/?a=1&b=2"}, "n": 3, "x": None}
+        first = await publish_to_both(created(body, title="T", tags=["a", "b"], meta=meta))
+        for i in range(8):
+            await publish_to_both(created(f"entry {i}", pinned=i % 2 == 0))
+        corrected = await publish_to_both(updated(first, title=None, pinned=True))
+        await publish_to_both(updated(corrected, body="corrected again"))
+        await publish_to_both(deleted(orjson.loads(first)["id"]))
+        for recorder in recorders:
+
+            def all_arrived(recorder: Recorder = recorder) -> bool:
+                return len(recorder.of(feed)) >= 12
+
+            await recorder.wait_for(all_arrived, "12 live events")
+
+        live = [[event.payload for event in recorder.of(feed)] for recorder in recorders]
+        assert live[0] == live[1]
+        histories = [await broker.history(feed, 0, 100) for broker in brokers]
+        assert [event.payload for event in histories[0].events] == live[0]
+        assert [event.payload for event in histories[1].events] == live[0]
+        snapshots = [await broker.snapshot(feed, 100, None) for broker in brokers]
+        assert snapshots[0].entries == snapshots[1].entries
+        # The key order clients receive: type, feed, seq, then the entry or its id.
+        last = {EventType.CREATED: "entry", EventType.UPDATED: "entry", EventType.DELETED: "id"}
+        for event in recorders[0].of(feed):
+            assert list(orjson.loads(event.payload)) == ["type", "feed", "seq", last[event.type]]
+    finally:
+        for broker in brokers:
+            await broker.aclose()
 
 
 async def test_feeds_watched_while_the_broker_connects_get_their_live_events(
