@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from livepush import __version__, config
+from livepush.errors import ConfigError
 
 WS_PROTOCOL = "livepush.transports.uvicorn:LivepushWebSocketProtocol"
 HTTP_PROTOCOL = "livepush.transports.uvicorn:LivepushHttpProtocol"
@@ -58,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     flags = _flags(args)
     try:
         settings = config.load(flags)
-    except config.ConfigError as error:
+    except ConfigError as error:
         print(f"livepush: {error}", file=sys.stderr)
         return 2
     if not settings.publish_tokens:

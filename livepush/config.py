@@ -8,9 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A setting has a value livepush cannot run with."""
+from livepush.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

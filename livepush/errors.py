@@ -1,4 +1,9 @@
-"""The exception tree, each error carrying its SPEC code and HTTP status."""
+"""The exception tree: every error livepush raises, each client-facing one with its SPEC code.
+
+LivepushError and its subclasses are answered over HTTP (app.py maps them once);
+ClientMessageError is answered over a WebSocket as an `error` message; the rest
+never reach a client as they are.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,21 @@ class BrokerUnavailable(LivepushError):
     code, status = "broker_unavailable", 503
 
 
+class BadPosition(LivepushError):
+    """An SSE resume position (`?since=` or Last-Event-ID) that is not [<epoch>:]<seq>."""
+
+    code, status = "bad_since", 400
+
+
+class ClientMessageError(Exception):
+    """A client message the server cannot act on; answered with an `error` message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class Conflict(Exception):
     """The stored entry changed under a compare-and-set: read it again and retry."""
 
@@ -65,3 +85,7 @@ class BadSince(ValueError):
     Not a LivepushError: each transport answers it its own way (a WebSocket `error`
     message, a 400 on SSE, a 422 naming `since` on history).
     """
+
+
+class ConfigError(ValueError):
+    """A setting has a value livepush cannot run with."""

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from websockets.frames import Frame, Opcode
 
-from livepush.errors import BadSince
+from livepush.errors import BadSince, ClientMessageError
 from livepush.model import Event, EventType, is_feed_name
 
 # A client message is a few hundred bytes; anything far beyond that is abuse.
@@ -100,15 +100,6 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 # Client → server messages
-
-
-class ClientMessageError(Exception):
-    """A client message the server cannot act on; answered with an `error` message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

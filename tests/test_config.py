@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from livepush import cli
-from livepush.config import SETTINGS, ConfigError, Settings, environment, load
+from livepush.config import SETTINGS, Settings, environment, load
+from livepush.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

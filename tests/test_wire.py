@@ -9,12 +9,11 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from livepush.errors import BadSince
+from livepush.errors import BadSince, ClientMessageError
 from livepush.model import EventType
 from livepush.wire import (
     MAX_CLIENT_MESSAGE,
     MAX_SEQ,
-    ClientMessageError,
     Ping,
     Subscribe,
     Unsubscribe,

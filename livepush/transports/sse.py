@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from livepush.errors import BadSince, BrokerUnavailable, LivepushError, NotFound
+from livepush.errors import BadPosition, BadSince, BrokerUnavailable, NotFound
 from livepush.hub import Format, Hub, sse_comment, sse_control
 from livepush.model import CloseCode
 from livepush.runtime import SseStream
@@ -77,10 +77,6 @@ def parse_position(request: Request) -> tuple[int | None, str | None]:
         raise BadPosition(
             "since (or Last-Event-ID) must be [<epoch>:]<non-negative integer>"
         ) from None
-
-
-class BadPosition(LivepushError):
-    code, status = "bad_since", 400
 
 
 class EventStream:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from starlette.websockets import WebSocket
 
-from livepush.errors import BadSince, BrokerUnavailable
+from livepush.errors import BadSince, BrokerUnavailable, ClientMessageError
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
 from livepush.ratelimit import TokenBucket
@@ -18,7 +18,6 @@ from livepush.runtime import Runtime, runtime_of
 from livepush.transports.fastws import FastSocket
 from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
 from livepush.wire import (
-    ClientMessageError,
     Ping,
     Subscribe,
     Unsubscribe,
