@@ -175,7 +175,14 @@ class RenewEpoch:
     stale: str
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """A join's history read named another life than this node's: once the feed has
+    caught up (its own requests answered), read again from the same position."""
+
+
 Request = ReadHistory | RenewEpoch
+JoinRequest = ReadHistory | RenewEpoch | CatchUp
 
 
 class Feed:
@@ -328,6 +335,12 @@ class Feed:
             actions.extend(self._advance(e) for e in history.events if e.seq == self.head + 1)
         else:
             actions += self._reset_all(history)
+        # Held events of another life than the one history just named are stale (sent
+        # before the feed's history was lost): holding them would keep the feed
+        # filling for ever. Were one from a life this read had not yet seen (a replica
+        # behind), the next live event of that life starts another catch-up.
+        if any(event.epoch != self.epoch for event in self.pending.values()):
+            self.pending = {s: e for s, e in self.pending.items() if e.epoch == self.epoch}
         actions += self._advance_pending()
         if not self.pending and history.head_seq <= self.head:
             self.filling = self._stalled = False
@@ -347,7 +360,6 @@ class Feed:
         )
         self.epoch, self.head = history.epoch, history.head_seq
         self.recent.clear()
-        self.pending = {s: e for s, e in self.pending.items() if e.epoch == self.epoch}
         return [
             self._reset(sub, history.epoch, history.head_seq)
             for subs in self.groups.values()
@@ -375,15 +387,18 @@ class Feed:
 
     def join_history(
         self, sub: Subscription, since: int | None, epoch: str | None, history: History
-    ) -> tuple[list[Action], Request | None]:
+    ) -> tuple[list[Action], JoinRequest | None]:
         """Join from a history read; the request, if any, must be answered before the
         join is complete: `ReadHistory` (the node moved on while the client read: read
-        again from where it got to) or `RenewEpoch` (then read again as before)."""
+        again from where it got to), `RenewEpoch` or `CatchUp` (then read again as
+        before)."""
         if history.epoch != self.epoch:
             # The feed's history was lost (Redis emptied) and this node has not yet
-            # noticed: catch the feed up, which resets every subscription on it.
-            self.filling = self.synced
-            return [self._reset(sub, history.epoch, history.head_seq)], None
+            # noticed, or the read is older than a change the node already made: the
+            # feed catches up first (resetting its subscriptions if its life changed),
+            # so this join is answered in the node's life, never in a stale one.
+            self.filling = True
+            return [], CatchUp()
         decision = decide(since, epoch, history.epoch, history.head_seq, history.first_seq)
         if isinstance(decision, Lost):
             # The client saw a seq this epoch's history no longer has: writes were

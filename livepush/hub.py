@@ -13,6 +13,7 @@ from livepush.errors import BrokerUnavailable
 from livepush.feed import (
     RECENT_EVENTS,
     Action,
+    CatchUp,
     Connection,
     Cut,
     Fanout,
@@ -151,6 +152,8 @@ class Hub:
                 self._perform(state, actions)
                 if isinstance(request, RenewEpoch):
                     await self.broker.renew_epoch(feed, request.stale)
+                elif isinstance(request, CatchUp):
+                    await self._caught_up(state)
                 elif isinstance(request, ReadHistory):
                     since, epoch = request.after, state.epoch  # the node moved on
                 else:
@@ -311,6 +314,15 @@ class Hub:
         finally:
             if watch.driver is asyncio.current_task():
                 watch.driver = None
+
+    async def _caught_up(self, state: Feed) -> None:
+        """Wait until the feed's requests are answered (its history read and applied)."""
+        watch = self._watches.get(state)
+        driver = None if watch is None else watch.driver
+        if driver is not None:
+            await asyncio.wait([driver])
+        else:
+            await asyncio.sleep(FIRST_BACKOFF)  # broker unavailable, or the read raced
 
     def _keep(self, state: Feed) -> None:
         """Someone joins: the feed is no longer due to retire."""

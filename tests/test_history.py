@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from livepush.history import Replay, Reset, Ring, decide
+from livepush.history import Lost, Replay, Reset, Ring, decide
 from livepush.model import Event, EventType
 
 EPOCH = "e1"
@@ -136,3 +136,12 @@ def test_decide_since_zero_on_a_full_history_is_replayed() -> None:
 
 def test_decide_since_zero_on_a_new_feed_is_replayed() -> None:
     assert decide(0, None, EPOCH, head_seq=0, first_seq=1) == Replay(0)
+
+
+def test_decide_since_beyond_the_head_of_its_own_epoch_is_lost_writes() -> None:
+    assert decide(11, EPOCH, EPOCH, head_seq=10, first_seq=1) == Lost()
+
+
+def test_decide_a_node_behind_its_own_head_is_lost_writes_too() -> None:
+    # A node that delivered seq 12 reads a history whose head is 10 under the same epoch.
+    assert isinstance(decide(12, EPOCH, EPOCH, head_seq=10, first_seq=1), Lost)
