@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from livepush.api.ingest import entry_fields, new_entry_id
 from livepush.brokers.base import Receipt
 from livepush.brokers.memory import MemoryBroker
+from livepush.entries import entry_fields, new_entry_id
 from livepush.hub import Format, Hub
 from livepush.model import Change, CloseCode, Event, EventType
 from livepush.wire import entry_template, ws_frame

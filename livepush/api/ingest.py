@@ -6,11 +6,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-# entry_fields and new_entry_id are re-exported for tests/test_hub.py until it imports
-# them from livepush.entries.
-from livepush.entries import entry_fields as entry_fields
-from livepush.entries import new_entry_id as new_entry_id
-from livepush.entries import now_rfc3339
+from livepush.entries import entry_fields, new_entry_id, now_rfc3339
 from livepush.errors import (
     BadJSON,
     Conflict,
