@@ -12,7 +12,7 @@ from livepush import __version__, config
 from livepush.errors import ConfigError
 
 WS_PROTOCOL = "livepush.transports.uvicorn:LivepushWebSocketProtocol"
-HTTP_PROTOCOL = "livepush.transports.uvicorn:LivepushHttpProtocol"
+HTTP_PROTOCOL = "livepush.transports.uvicorn:FirstRequest"
 
 
 def parser() -> argparse.ArgumentParser:

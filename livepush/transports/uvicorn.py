@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.config import Config
@@ -173,17 +173,148 @@ class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
 
-class LivepushHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, exposed to the app as `livepush.transport`.
+class FirstRequest(asyncio.Protocol):
+    """A new connection until its first request head is read; what uvicorn builds per connection.
 
     A connection whose first request is a `/v1/ws` upgrade never becomes uvicorn's:
-    until its first request shows otherwise, this object is only a transport and a
-    small httptools parser (`_Sniffer`). In a reconnect storm that skips, per
-    connection, uvicorn's set-up (loggers, parser, flow control, address lookups)
-    and its ASGI scope. Any other first request (or anything the sniffer does not
-    understand) makes it uvicorn's protocol, replaying the bytes already read. A
-    connection that sends no whole first request head within 10 s is closed
-    (`_FirstRequests`).
+    until its first request shows otherwise, it is only this object, a transport and a
+    small httptools parse. In a reconnect storm that skips, per connection, uvicorn's
+    set-up (loggers, parser, flow control, address lookups) and its ASGI scope. Any
+    other first request (or anything this does not understand) gets uvicorn's protocol,
+    made then, with the bytes already read replayed to it. A connection that sends no
+    whole first request head within 10 s is closed (`_FirstRequests`).
+    """
+
+    MORE, UVICORN, FAST = object(), object(), object()
+    PREFIX = b"GET " + WS_PATH
+    MAX_HEAD = 16384  # a longer upgrade request goes to uvicorn, which has its limits
+
+    __slots__ = (
+        "app_state",
+        "config",
+        "connections",
+        "deadlines",
+        "end",
+        "headers",
+        "http_version",
+        "loop",
+        "method",
+        "seen",
+        "server_state",
+        "transport",
+        "url",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config, self.server_state, self.app_state = config, server_state, app_state
+        self.loop = _loop
+        # uvicorn types this set as its own protocols; it only calls shutdown() on them.
+        self.connections: set[Any] = server_state.connections
+        self.seen = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = self.http_version = ""
+        self.end = 0
+        self.deadlines: _FirstRequests | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        if LivepushHttpProtocol.fast_path is None:
+            self._to_uvicorn()  # no app of create_app's: nothing to tell apart
+            return
+        self.connections.add(self)
+        self.deadlines = _FirstRequests.of(self.loop or asyncio.get_running_loop())
+        self.deadlines.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        verdict = self.feed(data)
+        if verdict is self.MORE:
+            return
+        self.connections.discard(self)
+        self.let_go()
+        if verdict is self.UVICORN:
+            self._to_uvicorn()
+            return
+        fast = LivepushHttpProtocol.fast_path
+        assert fast is not None
+        config = self.config
+        FastSocket.take_over(
+            self.transport,
+            UpgradeRequest(self.method, self.http_version, self.url, self.headers, self.rest()),
+            fast,
+            self.connections,
+            config.ws_max_size,
+            config.ws_ping_interval,
+        )
+
+    def _to_uvicorn(self) -> None:
+        """uvicorn's protocol takes the connection, and every byte read so far."""
+        http = LivepushHttpProtocol(self.config, self.server_state, self.app_state, self.loop)
+        self.transport.set_protocol(http)
+        http.connection_made(self.transport)
+        if self.seen:
+            http.data_received(self.seen)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.let_go()
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: no request yet, so nothing to finish."""
+        self.transport.close()
+
+    def let_go(self) -> None:
+        """The connection has moved on (or is gone): no deadline any more."""
+        if self.deadlines is not None:
+            self.deadlines.discard(self)
+            self.deadlines = None
+
+    # httptools' callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def rest(self) -> bytes:
+        """What the client sent after its request head (its first frames)."""
+        return self.seen[self.end :]
+
+    def feed(self, data: bytes) -> object:
+        """MORE (the request head is incomplete), UVICORN (anything but a well-formed
+        upgrade to /v1/ws: uvicorn takes the connection) or FAST."""
+        seen = self.seen = self.seen + data
+        if not seen.startswith(self.PREFIX[: len(seen)]):
+            return self.UVICORN
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            return self.MORE if len(seen) < self.MAX_HEAD else self.UVICORN
+        self.end = end + 4
+        parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(seen[: self.end])
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            return self.UVICORN  # uvicorn answers it with its 400
+        else:
+            return self.UVICORN  # not an upgrade: a plain GET /v1/ws
+        self.method = parser.get_method().decode("latin-1")
+        self.http_version = parser.get_http_version()
+        if self.url.partition(b"?")[0] != WS_PATH or not _upgrades_to_websocket(self.headers):
+            return self.UVICORN
+        return self.FAST
+
+
+class LivepushHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, exposed to the app as `livepush.transport`.
 
     A response that streams forever (SSE) sets `on_shutdown`: on SIGTERM uvicorn
     only stops keep-alive, which would leave the stream open until the graceful
@@ -193,76 +324,6 @@ class LivepushHttpProtocol(HttpToolsProtocol):
     on_shutdown: Callable[[], None] | None = None
     # Set once per process by create_app: with it, /v1/ws upgrades skip ASGI entirely.
     fast_path: ClassVar[FastPath | None] = None
-    _sniffer: _Sniffer | None = None
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        if self.fast_path is None or not config.loaded:
-            super().__init__(config, server_state, app_state, _loop)
-            return
-        self._sniffer = _Sniffer(config, server_state, app_state, _loop)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sniffer = self._sniffer
-        if sniffer is None:
-            super().connection_made(transport)
-            return
-        sniffer.transport = transport
-        sniffer.server_state.connections.add(self)
-        _FirstRequests.of(sniffer.loop or asyncio.get_running_loop()).add(sniffer)
-
-    def data_received(self, data: bytes) -> None:
-        sniffer = self._sniffer
-        if sniffer is None:
-            super().data_received(data)
-            return
-        verdict = sniffer.feed(data)
-        if verdict is _Sniffer.MORE:
-            return
-        self._sniffer = None
-        sniffer.server_state.connections.discard(self)
-        try:
-            if verdict is _Sniffer.UVICORN:
-                super().__init__(
-                    sniffer.config, sniffer.server_state, sniffer.app_state, sniffer.loop
-                )
-                super().connection_made(sniffer.transport)
-                super().data_received(sniffer.seen)
-                return
-            fast = self.fast_path
-            assert fast is not None
-            config = sniffer.config
-            FastSocket.take_over(
-                sniffer.transport,
-                sniffer.request(),
-                fast,
-                sniffer.server_state.connections,
-                config.ws_max_size,
-                config.ws_ping_interval,
-            )
-        finally:
-            sniffer.let_go()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        sniffer = self._sniffer
-        if sniffer is None:
-            super().connection_lost(exc)
-        else:
-            sniffer.server_state.connections.discard(self)
-            sniffer.let_go()
-
-    def pause_writing(self) -> None:
-        if self._sniffer is None:
-            super().pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._sniffer is None:
-            super().resume_writing()
 
     def handle_websocket_upgrade(self) -> None:
         # A /v1/ws upgrade that was not the connection's first request.
@@ -293,9 +354,6 @@ class LivepushHttpProtocol(HttpToolsProtocol):
         scope["extensions"] = {TRANSPORT_EXTENSION: self}
 
     def shutdown(self) -> None:
-        if self._sniffer is not None:
-            self._sniffer.transport.close()  # no request yet: nothing to finish
-            return
         if self.on_shutdown is not None:
             self.on_shutdown()
         super().shutdown()
@@ -316,7 +374,7 @@ class _FirstRequests:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: OrderedDict[_Sniffer, float] = OrderedDict()
+        self.waiting: OrderedDict[FirstRequest, float] = OrderedDict()
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -326,115 +384,25 @@ class _FirstRequests:
             found = cls._loops[loop] = cls(loop)
         return found
 
-    def add(self, sniffer: _Sniffer) -> None:
-        self.waiting[sniffer] = self.loop.time() + self.SECONDS
-        sniffer.deadlines = self
+    def add(self, first: FirstRequest) -> None:
+        self.waiting[first] = self.loop.time() + self.SECONDS
         if self.timer is None:
             self.timer = self.loop.call_later(self.SECONDS, self.expire)
 
-    def discard(self, sniffer: _Sniffer) -> None:
-        self.waiting.pop(sniffer, None)
+    def discard(self, first: FirstRequest) -> None:
+        self.waiting.pop(first, None)
 
     def expire(self) -> None:
         self.timer = None
         waiting, now = self.waiting, self.loop.time()
         while waiting:
-            sniffer, deadline = next(iter(waiting.items()))
+            first, deadline = next(iter(waiting.items()))
             if deadline > now:
                 self.timer = self.loop.call_at(deadline, self.expire)
                 return
-            del waiting[sniffer]
-            sniffer.transport.close()  # still no whole request head
+            del waiting[first]
+            first.transport.close()  # still no whole request head
         del self._loops[self.loop]
-
-
-class _Sniffer:
-    """A new connection's first request, read far enough to tell a `/v1/ws` upgrade.
-
-    `feed()` answers MORE (the request head is incomplete), UVICORN (anything but
-    a well-formed upgrade to /v1/ws: uvicorn takes the connection and every byte
-    seen) or FAST (`request()` then holds the upgrade and any bytes after it).
-    """
-
-    MORE, UVICORN, FAST = object(), object(), object()
-    PREFIX = b"GET " + WS_PATH
-    MAX_HEAD = 16384  # a longer upgrade request goes to uvicorn, which has its limits
-
-    __slots__ = (
-        "app_state",
-        "config",
-        "deadlines",
-        "end",
-        "headers",
-        "http_version",
-        "loop",
-        "method",
-        "seen",
-        "server_state",
-        "transport",
-        "url",
-    )
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        self.config, self.server_state, self.app_state, self.loop = (
-            config,
-            server_state,
-            app_state,
-            loop,
-        )
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.seen = b""
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = self.http_version = ""
-        self.end = 0
-        self.deadlines: _FirstRequests | None = None
-
-    # httptools' callbacks
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def let_go(self) -> None:
-        """The connection has moved on (or is gone): no deadline any more."""
-        if self.deadlines is not None:
-            self.deadlines.discard(self)
-            self.deadlines = None
-
-    def request(self) -> UpgradeRequest:
-        rest = self.seen[self.end :]
-        return UpgradeRequest(self.method, self.http_version, self.url, self.headers, rest)
-
-    def feed(self, data: bytes) -> object:
-        seen = self.seen = self.seen + data
-        if not seen.startswith(self.PREFIX[: len(seen)]):
-            return self.UVICORN
-        end = seen.find(b"\r\n\r\n")
-        if end < 0:
-            return self.MORE if len(seen) < self.MAX_HEAD else self.UVICORN
-        self.end = end + 4
-        parser = httptools.HttpRequestParser(self)
-        try:
-            parser.feed_data(seen[: self.end])
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError:
-            return self.UVICORN  # uvicorn answers it with its 400
-        else:
-            return self.UVICORN  # not an upgrade: a plain GET /v1/ws
-        self.method = parser.get_method().decode("latin-1")
-        self.http_version = parser.get_http_version()
-        if self.url.partition(b"?")[0] != WS_PATH or not _upgrades_to_websocket(self.headers):
-            return self.UVICORN
-        return self.FAST
 
 
 def _upgrades_to_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
