@@ -36,6 +36,8 @@ RECENT_EVENTS = 256
 # Out-of-order events held while a hole is filled; past this they are dropped and
 # the fill reads them from history instead.
 MAX_PENDING = 10_000
+# Frames kept per feed for catch-ups (all formats); cleared when full.
+FRAME_CACHE = 4 * RECENT_EVENTS
 
 
 class Format(Enum):
@@ -122,10 +124,14 @@ class Cut(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Fanout:
-    """Write the feed's next event: each frame to its subscriptions, then cut `cut`."""
+    """Write the feed's next events, `first`..`last`: each format's frames (all of the
+    events, joined: one write per socket) to its subscriptions, `partial` to the few
+    that already had some of them, then cut `cut`."""
 
-    seq: int
+    first: int
+    last: int
     writes: list[tuple[bytes, list[Subscription]]]
+    partial: list[Send]
     cut: list[tuple[Subscription, Cut]]
 
 
@@ -210,13 +216,20 @@ class Feed:
         self._stale: str | None = None  # an epoch proven to have lost writes
         self._stalled = False  # the last history read made no progress
         self._subscribed: dict[Format, tuple[str, int, bytes]] = {}
+        # Events advanced in the current input call, fanned out together at its end.
+        self._run: list[Event] = []
+        self._run_base = 0  # the head before the run
+        # Frames of this epoch's events by (format, seq): every catch-up (a reconnect
+        # storm's thousands of joiners) reuses the frame the live path built.
+        self._frames: dict[tuple[Format, int], bytes] = {}
 
     # Position
 
     def start(self, epoch: str, head: int) -> list[Action]:
         """The broker's live stream is on and the feed's position was read."""
         self.epoch, self.head, self.synced = epoch, head, True
-        return self._drain_pending()
+        self._drain_pending()
+        return self._take_run()
 
     def request(self) -> Request | None:
         """What the shell must ask the broker next, if anything."""
@@ -240,64 +253,90 @@ class Feed:
 
     # Live events
 
-    def receive(self, event: Event) -> list[Action]:
-        """An event from the broker's live stream (at most once, maybe out of order)."""
+    def receive(self, *events: Event) -> list[Action]:
+        """Events from the broker's live stream (at most once, maybe out of order).
+
+        The events that arrive together (one read of the broker's socket) go out
+        together: each socket gets all of them in one write. Nothing waits for a batch
+        to fill: a lone event is a batch of one.
+        """
+        for event in events:
+            self._receive(event)
+        return self._take_run()
+
+    def _receive(self, event: Event) -> None:
         if not self.synced or self.filling or event.epoch != self.epoch:
             self._hold(event)
             self.filling = self.synced  # another epoch: the catch-up reads its history
-            return []
-        if event.seq == self.head + 1:
-            actions: list[Action] = [self._advance(event)]
+        elif event.seq == self.head + 1:
+            self._advance(event)
             if self.pending:
-                actions += self._drain_pending()
-            return actions
-        if event.seq > self.head + 1:
+                self._drain_pending()
+        elif event.seq > self.head + 1:
             self._hold(event)
             self.filling = True  # a hole: pub/sub dropped something
-            return []
-        seen = self.recent.at(event.seq)
-        if seen is not None and seen.payload != event.payload:
-            # The same seq twice with other content: writes under this epoch were lost.
-            log.warning("feed %s: history lost writes under epoch %s", self.name, self.epoch)
-            self._stale = self.epoch
-        return []
+        else:
+            seen = self.recent.at(event.seq)
+            if seen is not None and seen.payload != event.payload:
+                # The same seq twice with other content: writes under this epoch were lost.
+                log.warning("feed %s: history lost writes under epoch %s", self.name, self.epoch)
+                self._stale = self.epoch
 
     def _hold(self, event: Event) -> None:
         if len(self.pending) < self.max_pending:
             self.pending[event.seq] = event
 
-    def _advance_pending(self) -> list[Action]:
-        """Deliver the held events that now follow the head, in order; drop the passed.
+    def _advance_pending(self) -> None:
+        """Advance through the held events that now follow the head; drop the passed.
 
         An event of another epoch stays held: the catch-up that reads the new epoch's
         history resets the feed and keeps it only if it belongs to that life.
         """
-        actions: list[Action] = []
         pending = self.pending
         while (event := pending.get(self.head + 1)) is not None and event.epoch == self.epoch:
             del pending[event.seq]
-            actions.append(self._advance(event))
+            self._advance(event)
         for seq in [seq for seq in pending if seq <= self.head]:
             del pending[seq]
-        return actions
 
-    def _drain_pending(self) -> list[Action]:
-        actions = self._advance_pending()
+    def _drain_pending(self) -> None:
+        self._advance_pending()
         if self.pending:
             self.filling = True
-        return actions
 
-    def _advance(self, event: Event) -> Fanout:
-        """The feed's next event for every live subscription: the hot loop.
-
-        A subscription one behind gets the frame; one already past it (it joined from
-        history beyond this seq) is skipped; one further behind would see a hole and is
-        cut, as is one holding more than `max_buffer` unsent bytes.
-        """
-        seq = event.seq
-        self.head = seq
+    def _advance(self, event: Event) -> None:
+        """Make `event` (the head's next) the head; it goes out with the run it ends."""
+        if not self._run:
+            self._run_base = self.head
+        self.head = event.seq
         self.recent.append(event)
+        self._run.append(event)
+
+    def _frame(self, fmt: Format, event: Event) -> bytes:
+        """`event` framed for `fmt`, built once per epoch however many sockets get it."""
+        key = (fmt, event.seq)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= FRAME_CACHE:
+                self._frames.clear()  # cheaper than an LRU; refilled by the next reads
+            frame = self._frames[key] = ENCODERS[fmt](event)
+        return frame
+
+    def _take_run(self) -> list[Action]:
+        """The events advanced since the last call, as one fan-out: the hot loop.
+
+        A subscription at the run's base gets every event of it in one write; one
+        already inside it (it joined from history beyond the base) gets the rest; one
+        behind the base would see a hole and is cut, as is one holding more than
+        `max_buffer` unsent bytes.
+        """
+        run = self._run
+        if not run:
+            return []
+        self._run = []
+        base, last = self._run_base, run[-1].seq
         writes: list[tuple[bytes, list[Subscription]]] = []
+        partial: list[Send] = []
         cut: list[tuple[Subscription, Cut]] = []
         limit = self.max_buffer
         for fmt, subs in self.groups.items():
@@ -305,19 +344,26 @@ class Feed:
                 continue
             targets: list[Subscription] = []
             for sub in subs:
-                if sub.last_seq + 1 != seq:
-                    if sub.last_seq < seq:
-                        cut.append((sub, Cut.HOLE))
+                seen = sub.last_seq
+                if seen >= last:
+                    continue  # joined from history past the run already
+                if seen < base:
+                    cut.append((sub, Cut.HOLE))
                 elif sub.buffered() > limit:
                     cut.append((sub, Cut.SLOW))
-                else:
-                    sub.last_seq = seq
+                elif seen == base:
+                    sub.last_seq = last
                     targets.append(sub)
+                else:
+                    data = b"".join(self._frame(fmt, e) for e in run if e.seq > seen)
+                    partial.append(Send(sub, data))
+                    sub.last_seq = last
             if targets:
-                writes.append((ENCODERS[fmt](event), targets))
+                frame = b"".join([self._frame(fmt, event) for event in run])
+                writes.append((frame, targets))
         for sub, _ in cut:
             self._remove(sub)
-        return Fanout(seq, writes, cut)
+        return [Fanout(base + 1, last, writes, partial, cut)]
 
     # History
 
@@ -331,8 +377,9 @@ class Feed:
             return []
         actions: list[Action] = []
         if isinstance(decision, Replay):
-            # Lazily: each event is compared with the head its predecessor moved.
-            actions.extend(self._advance(e) for e in history.events if e.seq == self.head + 1)
+            for event in history.events:
+                if event.seq == self.head + 1:
+                    self._advance(event)
         else:
             actions += self._reset_all(history)
         # Held events of another life than the one history just named are stale (sent
@@ -341,7 +388,8 @@ class Feed:
         # behind), the next live event of that life starts another catch-up.
         if any(event.epoch != self.epoch for event in self.pending.values()):
             self.pending = {s: e for s, e in self.pending.items() if e.epoch == self.epoch}
-        actions += self._advance_pending()
+        self._advance_pending()
+        actions += self._take_run()
         if not self.pending and history.head_seq <= self.head:
             self.filling = self._stalled = False
         else:
@@ -360,6 +408,7 @@ class Feed:
         )
         self.epoch, self.head = history.epoch, history.head_seq
         self.recent.clear()
+        self._frames.clear()
         return [
             self._reset(sub, history.epoch, history.head_seq)
             for subs in self.groups.values()
@@ -411,10 +460,10 @@ class Feed:
         if sub.last_seq < 0:
             data.append(self._subscribed_frame(sub, history.epoch, history.head_seq))
         sub.last_seq = decision.since
-        encode_event = ENCODERS[sub.conn.format]
+        fmt = sub.conn.format
         for event in history.events:
             if event.seq == sub.last_seq + 1:
-                data.append(encode_event(event))
+                data.append(self._frame(fmt, event))
                 sub.last_seq = event.seq
         if sub.last_seq >= self.head:
             return [Send(sub, self._go_live(sub, data, []))], None
@@ -436,10 +485,10 @@ class Feed:
 
     def _go_live(self, sub: Subscription, data: list[bytes], catch_up: list[Event]) -> bytes:
         """Add the catch-up frames after `data` and make `sub` live: all in one write."""
-        encode_event = ENCODERS[sub.conn.format]
+        fmt = sub.conn.format
         for event in catch_up:
             if event.seq == sub.last_seq + 1:
-                data.append(encode_event(event))
+                data.append(self._frame(fmt, event))
                 sub.last_seq = event.seq
         sub.live = True
         self.groups[sub.conn.format][sub] = None

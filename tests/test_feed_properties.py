@@ -205,6 +205,8 @@ class FeedMachine(RuleBasedStateMachine):
                 for frame, subs in action.writes:
                     for sub in subs:
                         sub.write(frame)
+                for send in action.partial:
+                    send.sub.write(send.data)
                 for sub, reason in action.cut:
                     assert reason in (Cut.SLOW, Cut.HOLE)
                     sub.conn.close(CloseCode.TRY_AGAIN_LATER)
@@ -236,6 +238,16 @@ class FeedMachine(RuleBasedStateMachine):
         event = self.wire.pop(index)
         self.sent.append(event)
         self.perform(self.feed.receive(event))
+
+    @precondition(lambda self: self.wire)
+    @rule(data=st.data())
+    def deliver_together(self, data: st.DataObject) -> None:
+        """Several events read at once: they go out as one fan-out (one write each)."""
+        count = data.draw(st.integers(1, len(self.wire)))
+        events = data.draw(st.permutations(self.wire[:count]))
+        del self.wire[:count]
+        self.sent.extend(events)
+        self.perform(self.feed.receive(*events))
 
     @precondition(lambda self: self.wire)
     @rule(data=st.data())
