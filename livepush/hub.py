@@ -29,7 +29,7 @@ from livepush.feed import (
     sse_comment,
     sse_control,
 )
-from livepush.model import CloseCode, Event
+from livepush.model import CloseCode, Event, History
 
 __all__ = [
     "RECENT_EVENTS",
@@ -48,6 +48,8 @@ log = logging.getLogger("livepush.hub")
 # reader (or a reconnect storm) finds it synced and resumes from memory.
 RETIRE_AFTER = 10.0
 RECEIPT_FLUSH_SECONDS = 0.1
+# Joiners whose `since` falls in one block of this many positions share a history read.
+READ_BLOCK = 64
 # Backoff between history reads that fail or make no progress.
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 
@@ -82,6 +84,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._receipts: list[tuple[str, int, int, float]] = []
         self._inbox: dict[Feed, list[Event]] = {}  # live events of this loop turn
+        self._reads: dict[tuple[str, int | None], asyncio.Task[History]] = {}  # joins' reads
         self._flusher: asyncio.TimerHandle | None = None
         # Counters read by /metrics at scrape time; nothing else on the hot path.
         self.events_received = 0
@@ -144,9 +147,7 @@ class Hub:
                 self._perform(state, actions)
                 return sub
             while True:
-                history = await self.broker.history(
-                    feed, since if since is not None else 0, self.broker.history_size
-                )
+                history = await self._read_for_join(feed, since)
                 if self.feeds.get(feed) is not state:
                     raise BrokerUnavailable("the feed was reset while subscribing")
                 actions, request = state.join_history(sub, since, epoch, history)
@@ -161,6 +162,26 @@ class Hub:
                     return sub if sub.live else None
         finally:
             self._perform(state, state.end_join(sub))
+
+    async def _read_for_join(self, feed: str, since: int | None) -> History:
+        """History for a join after `since`, read once for every joiner of its block.
+
+        A reconnect storm brings thousands of clients a few entries behind at once:
+        they share one read per (feed, block of READ_BLOCK positions), started by the
+        first of them, and each takes from it what follows its own `since`. The cost:
+        a joiner may be handed a read that began before it arrived; the ring (or a
+        second read) covers what came meanwhile.
+        """
+        start = None if since is None else since - since % READ_BLOCK
+        key = (feed, start)
+        read = self._reads.get(key)
+        if read is None:
+            limit = 0 if start is None else self.broker.history_size
+            read = self.spawn(self.broker.history(feed, start or 0, limit))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        history: History = await asyncio.shield(read)
+        return history
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove a subscription; safe to call twice."""
@@ -405,8 +426,12 @@ class Hub:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("hub task failed", exc_info=task.exception())
+        if task.cancelled():
+            return
+        error = task.exception()
+        # A broker outage reaches whoever awaits the task (a shared read's joiners).
+        if error is not None and not isinstance(error, BrokerUnavailable):
+            log.error("hub task failed", exc_info=error)
 
     def close_all(self, code: CloseCode) -> None:
         """Close every subscribed connection with `code` (drain, restart)."""

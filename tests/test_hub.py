@@ -16,7 +16,7 @@ from livepush.brokers.base import Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.entries import entry_fields, new_entry_id
 from livepush.hub import Format, Hub
-from livepush.model import Change, CloseCode, Event, EventType
+from livepush.model import Change, CloseCode, Event, EventType, History
 from livepush.wire import entry_template, ws_frame
 
 FEED = "hub"
@@ -269,3 +269,32 @@ def test_ws_frames_are_unmasked_text_frames_of_the_payload() -> None:
     assert frame[0] == 0x81
     assert frame[1] == len(b'{"seq":1}')
     assert frame[2:] == b'{"seq":1}'
+
+
+class CountingBroker(MemoryBroker):
+    """The in-process broker, counting the history reads that carry events."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.reads: list[int] = []
+
+    async def history(self, feed: str, since: int, limit: int) -> History:
+        if limit:
+            self.reads.append(since)
+        return await super().history(feed, since, limit)
+
+
+async def test_joiners_in_one_block_of_positions_share_one_history_read() -> None:
+    broker = CountingBroker()
+    hub = Hub(broker)
+    await broker.start(hub)
+    await _publish(broker, 60)  # before any subscriber: the node's ring holds none of them
+    conns = [Recorder() for _ in range(50)]
+    subs = await asyncio.gather(
+        *(hub.subscribe(conn, FEED, 10 + i % 20, None) for i, conn in enumerate(conns))
+    )
+    assert all(sub is not None for sub in subs)
+    assert broker.reads == [0]  # one read, from the block's start, for all fifty
+    for i, conn in enumerate(conns):
+        assert conn.seqs() == list(range(11 + i % 20, 61))
+    await hub.aclose()
