@@ -30,7 +30,7 @@ from livepush.pages import render_editor, render_reader
 from livepush.runtime import Runtime, runtime_of
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.fastws import FastPath
-from livepush.transports.uvicorn import LivepushHttpProtocol, LivepushWebSocketProtocol
+from livepush.transports.uvicorn import LivepushHttpProtocol
 from livepush.transports.ws import FastHandshake, websocket_endpoint
 
 log = logging.getLogger("livepush")
@@ -119,7 +119,6 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     """The livepush ASGI app for `settings`; the broker is made from them unless given."""
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
-    LivepushWebSocketProtocol.compression = settings.ws_compression
     LivepushHttpProtocol.fast_path = FastPath(FastHandshake(runtime), settings.ws_compression)
 
     @contextlib.asynccontextmanager

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from livepush import __version__, config
 from livepush.errors import ConfigError
 
-WS_PROTOCOL = "livepush.transports.uvicorn:LivepushWebSocketProtocol"
+# uvicorn's own sans-I/O WebSocket protocol: it only ever serves upgrades to paths other
+# than /v1/ws (refused by the router); /v1/ws never reaches it (transports/uvicorn.py).
+WS_PROTOCOL = "websockets-sansio"
 HTTP_PROTOCOL = "livepush.transports.uvicorn:FirstRequest"
 
 

@@ -30,7 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeGuard
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, NegotiationError
@@ -46,6 +46,8 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionName, ExtensionParameter
 
+from livepush.model import CloseCode
+from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.wire import DEFLATE_WINDOW_BITS
 
 log = logging.getLogger("uvicorn.error")
@@ -60,7 +62,7 @@ class Handshaker(Protocol):
     def allowed(self, origin: str | None) -> bool:
         """Whether a subscription from this Origin may open."""
 
-    def open(self, socket: Any, query: str, greeting: bytes) -> None:
+    def open(self, socket: FastSocket, query: str, greeting: bytes) -> None:
         """Start the socket's session (and `?feed=` subscription); `greeting` (the 101)
         must be the first bytes written."""
 
@@ -103,12 +105,13 @@ class SharedDeflateFactory(ServerPerMessageDeflateFactory):
 class Keepalive:
     """Pings every open WebSocket of a loop from ONE timer, each once per interval.
 
-    uvicorn arms a timer per socket (about 600 bytes each); here a socket costs a set
-    entry and a deque slot. The deque is in order of each socket's last ping; the
-    timer ticks TICKS times per interval and pings the sockets that are due, so
-    sockets that connected together are pinged together but 10,000 pings never pile
-    onto one tick (they would delay every delivery behind them). A ping still
-    unanswered when the socket is due again closes it: the timeout is the interval.
+    uvicorn arms a timer per socket (about 600 bytes each); here a socket costs a dict
+    entry and a deque slot. The deque is in order of each socket's last turn; the
+    timer ticks TICKS times per interval and gives a turn to the sockets that are due,
+    so sockets that connected together are pinged together but 10,000 pings never
+    pile onto one tick (they would delay every delivery behind them). A socket's turn
+    is its own `keepalive()`: a ping still unanswered at the next turn closes it, so
+    the timeout is the interval.
     """
 
     TICKS = 100
@@ -116,8 +119,10 @@ class Keepalive:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop, self.interval = loop, interval
-        self.sockets: set[Any] = set()
-        self.turns: deque[Any] = deque()
+        self.turns: deque[Socket] = deque()
+        # Each socket's last turn (at first: when it was added). Sockets that took
+        # their turn in one tick share one float object.
+        self.last_turn: dict[Socket, float] = {}
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -127,43 +132,31 @@ class Keepalive:
             sweep = cls._sweeps[(loop, interval)] = cls(loop, interval)
         return sweep
 
-    def add(self, socket: Any) -> None:
-        """`socket` has `ping_sent_at` and `sweep_ping()`."""
-        socket.ping_sent_at = self.loop.time()  # first ping one interval from now
-        self.sockets.add(socket)
+    def add(self, socket: Socket) -> None:
+        """Give `socket` a turn every interval, the first one interval from now."""
+        self.last_turn[socket] = self.loop.time()
         self.turns.append(socket)
         if self.timer is None:
             self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
 
-    def discard(self, socket: Any) -> None:
-        self.sockets.discard(socket)  # its deque slot goes when its turn comes
+    def discard(self, socket: Socket) -> None:
+        self.last_turn.pop(socket, None)  # its deque slot goes when its turn comes
 
     def tick(self) -> None:
         self.timer = None
-        turns, sockets = self.turns, self.sockets
-        due = self.loop.time() - self.interval
-        while turns and (turns[0] not in sockets or turns[0].ping_sent_at <= due):
+        turns, last_turn = self.turns, self.last_turn
+        now = self.loop.time()
+        due = now - self.interval
+        while turns and last_turn.get(turns[0], due) <= due:
             socket = turns.popleft()
-            if socket in sockets:
-                socket.sweep_ping()
+            if socket in last_turn:
+                last_turn[socket] = now
+                socket.keepalive()
                 turns.append(socket)
         if turns:
             self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
         else:
             del self._sweeps[(self.loop, self.interval)]
-
-
-def keepalive_turn(socket: Any, unanswered: Callable[[], None]) -> None:
-    """A socket's turn in the Keepalive sweep: give up on an unanswered ping, or ping."""
-    socket.ping_sent_at = socket.loop.time()  # its next turn, whatever happens now
-    if socket.close_sent or socket.transport.is_closing():
-        return
-    if socket.pending_ping_payload is not None:
-        unanswered()  # closes with 1011: the peer did not answer in time
-        return
-    socket.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
-    socket.conn.send_ping(socket.pending_ping_payload)
-    socket.transport.write(b"".join(socket.conn.data_to_send()))
 
 
 class _Negotiated(NamedTuple):
@@ -213,7 +206,7 @@ class Upgrades:
             (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
-                base64.b64encode(hashlib.sha1(key + GUID).digest()),  # type: ignore[operator]
+                base64.b64encode(hashlib.sha1(key + GUID).digest()),
                 b"\r\n",
                 negotiated.header,
                 b"\r\n",
@@ -266,7 +259,7 @@ class Upgrades:
         return _NOTHING
 
 
-def _valid_key(key: bytes | None) -> bool:
+def _valid_key(key: bytes | None) -> TypeGuard[bytes]:
     if key is None or len(key) != 24:
         return False
     try:
@@ -296,28 +289,29 @@ class FastPath:
 class FastSocket(asyncio.Protocol):
     """An open `/v1/ws` socket: frames in through websockets, messages to a handler.
 
-    Sessions write events straight to `transport`; this object only reads. It never
-    pauses reading (messages go to the handler as they are parsed; the handler rate
-    limits them), pings through the process's one `Keepalive`, answers pings and
-    closes through websockets, and takes part in uvicorn's graceful shutdown
-    (`shutdown()`: close 1012, "service restart").
+    Sessions write events straight to the transport (`write` is its own method); this
+    object reads. It never pauses reading (messages go to the handler as they are
+    parsed; the handler rate limits them), pings through the process's one
+    `Keepalive`, answers pings and closes through websockets, and takes part in
+    uvicorn's graceful shutdown (`shutdown()`: close 1012, "service restart").
+    Implements `base.Socket`.
     """
 
     __slots__ = (
+        "_close_sent",
+        "_close_timer",
         "_conn",
-        "close_sent",
-        "close_timer",
+        "_frames",
+        "_handler",
+        "_pending_ping",
+        "buffered",
         "connections",
         "extensions",
-        "frames",
-        "handler",
         "loop",
         "max_size",
-        "pending_ping_payload",
         "ping_interval",
-        "ping_sent_at",
-        "read_paused",
         "transport",
+        "write",
     )
 
     def __init__(
@@ -330,18 +324,20 @@ class FastSocket(asyncio.Protocol):
         ping_interval: float | None,
     ) -> None:
         self.transport, self._conn, self.connections = transport, conn, connections
+        self.write: Callable[[bytes], None] = transport.write
+        self.buffered: Callable[[], int] = transport.get_write_buffer_size
         self.extensions = extensions
         self.max_size = max_size
         self.loop = asyncio.get_running_loop()
         self.ping_interval = ping_interval
-        self.handler: MessageHandler | None = None
-        self.close_sent = False
-        self.close_timer: asyncio.TimerHandle | None = None
-        self.frames: list[bytes] = []
-        self.pending_ping_payload: bytes | None = None
-        self.ping_sent_at = 0.0
-        self.read_paused = False  # never paused: messages go to the handler as parsed
+        self._handler: MessageHandler | None = None
+        self._close_sent = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._frames: list[bytes] = []
+        self._pending_ping: bytes | None = None
         connections.add(self)
+        if ping_interval:
+            Keepalive.of(self.loop, ping_interval).add(self)
 
     @property
     def conn(self) -> ServerProtocol:
@@ -397,15 +393,17 @@ class FastSocket(asyncio.Protocol):
             extensions = conn.extensions
         opened = cls(transport, conn, extensions, connections, max_size, ping_interval)
         transport.set_protocol(opened)
-        if ping_interval:
-            Keepalive.of(opened.loop, ping_interval).add(opened)
         fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"), response)
         if request.rest:
             opened.data_received(request.rest)
 
     def detach(self, handler: MessageHandler) -> None:
         """Feed this socket's client messages to `handler` from now on."""
-        self.handler = handler
+        self._handler = handler
+
+    @property
+    def closing(self) -> bool:
+        return self._close_sent or self.transport.is_closing()
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -418,14 +416,14 @@ class FastSocket(asyncio.Protocol):
                 if frame.fin:
                     self._message(frame.data)
                 else:
-                    self.frames = [frame.data]
+                    self._frames = [frame.data]
             elif opcode is Opcode.CONT:
-                self.frames.append(frame.data)
+                self._frames.append(frame.data)
                 if frame.fin:
-                    message, self.frames = b"".join(self.frames), []
+                    message, self._frames = b"".join(self._frames), []
                     self._message(message)
-            elif opcode is Opcode.PONG and frame.data == self.pending_ping_payload:
-                self.pending_ping_payload = None
+            elif opcode is Opcode.PONG and frame.data == self._pending_ping:
+                self._pending_ping = None
             elif opcode is Opcode.CLOSE:
                 closing = True
         # Pongs, the answer to the peer's close, the close after a protocol error.
@@ -437,45 +435,59 @@ class FastSocket(asyncio.Protocol):
             # After only OUR close, reading goes on until the peer answers it (or the
             # close timer aborts): closing with its data unread would reset the
             # connection and lose our close frame on the way.
-            self.close_sent = True
+            self._close_sent = True
             self.transport.close()
 
     def _message(self, data: bytes) -> None:
-        handler = self.handler
-        if handler is not None and not self.close_sent:
+        handler = self._handler
+        if handler is not None and not self._close_sent:
             handler.receive(data)
 
-    def sweep_ping(self) -> None:
-        keepalive_turn(self, self._ping_unanswered)
+    def close(self, code: CloseCode) -> None:
+        """Send a close frame; abort if the peer has not answered it within ABORT_AFTER."""
+        if self.closing:
+            return
+        self._send_close(int(code))
+        self._close_timer = self.loop.call_later(ABORT_AFTER, self.transport.abort)
 
-    def _ping_unanswered(self) -> None:
-        self.conn.fail(1011, "keepalive ping timeout")
+    def _send_close(self, code: int, reason: str = "") -> None:
+        self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+        self._close_sent = True
+
+    def keepalive(self) -> None:
+        """Give up on a ping still unanswered since the last turn (1011), or ping."""
+        if self.closing:
+            return
+        if self._pending_ping is not None:
+            # The peer did not answer in time: its close answer is not waited for.
+            self._send_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self.transport.close()
+            return
+        self._pending_ping = struct.pack("!I", random.getrandbits(32))
+        self.conn.send_ping(self._pending_ping)
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def shutdown(self) -> None:
         """uvicorn is stopping: tell the client to reconnect elsewhere (1012)."""
-        if not self.close_sent and not self.transport.is_closing():
-            self.conn.send_close(1012)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
+        if not self.closing:
+            self._send_close(CloseCode.SERVICE_RESTART)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         if self.ping_interval:
             Keepalive.of(self.loop, self.ping_interval).discard(self)
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
-        handler, self.handler = self.handler, None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        handler, self._handler = self._handler, None
         if handler is not None:
             handler.closed()
         # websockets' parser generator holds its protocol: a cycle, freed by reference
         # counting once broken here rather than by a garbage collection.
         if self._conn is not None:
-            self._conn.parser = None  # type: ignore[assignment]
+            del self._conn.parser
 
 
 def _plain_response(status: HTTPStatus, body: bytes) -> bytes:

@@ -1,21 +1,15 @@
-"""uvicorn protocol classes that hand livepush the socket behind each ASGI connection.
+"""uvicorn's HTTP protocol with livepush's ways around ASGI, chosen by import string in cli.py.
 
-The hub writes one pre-built frame to many sockets without awaiting. ASGI's `send`
-is a coroutine per message per subscriber, so these subclasses add an extension to
-the scope (`livepush.socket` for WebSockets, `livepush.transport` for HTTP) through
-which a transport writes straight to the asyncio transport. Starlette still does
-routing and the handshake; websockets' sans-I/O protocol still parses every
-incoming frame. Selected by import string in `livepush.cli`.
-
-`/v1/ws` itself does not go through ASGI at all: the HTTP protocol hands its
-upgrade to `fastws.FastSocket` (see there). The ASGI WebSocket route and its
-detachable protocol below stay as the path for any other server setup.
+The hub writes one pre-built frame to many sockets without awaiting; ASGI's `send` is
+a coroutine per message per subscriber. So `/v1/ws` never reaches ASGI: the first
+request of each connection is read by `FirstRequest`, and a `/v1/ws` upgrade becomes a
+`fastws.FastSocket` (see there). Every other request is uvicorn's and Starlette's; an
+event stream is handed its transport through the `livepush.transport` scope extension.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
@@ -23,154 +17,14 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.extensions.base import Extension
-from websockets.http11 import Request
-from websockets.server import ServerProtocol
 
-from livepush.transports.fastws import (
-    FastPath,
-    FastSocket,
-    Keepalive,
-    MessageHandler,
-    SharedDeflateFactory,
-    UpgradeRequest,
-    keepalive_turn,
-)
+from livepush.transports.fastws import FastPath, FastSocket, UpgradeRequest
 
-SOCKET_EXTENSION = "livepush.socket"
 TRANSPORT_EXTENSION = "livepush.transport"
 
 
 WS_PATH = b"/v1/ws"
-
-
-class _Discard:
-    """Stands in for a detached socket's ASGI queue: nobody reads it any more."""
-
-    def put_nowait(self, item: object) -> None:
-        pass
-
-    def empty(self) -> bool:
-        return True
-
-
-class _Always:
-    """Stands in for a detached socket's flow-control event: nobody waits on it."""
-
-    def set(self) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
-_DISCARD, _ALWAYS = _Discard(), _Always()
-
-
-class LivepushWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, exposed to the app as `livepush.socket`.
-
-    After the handshake the app may `detach()`: the ASGI task then ends without
-    closing the socket, and client messages go straight from `data_received` to a
-    handler. An idle subscriber then costs no task, no coroutine frames and no ASGI
-    scope: the difference between ~25 KiB and a few KiB per connection.
-    """
-
-    handler: MessageHandler | None = None
-    # Set once per process by create_app from LIVEPUSH_WS_COMPRESSION ("off", "shared").
-    compression: ClassVar[str] = "shared"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.compression == "shared":
-            self.conn = ServerProtocol(
-                extensions=[SharedDeflateFactory()],
-                max_size=self.config.ws_max_size,
-                logger=logging.getLogger("uvicorn.error"),
-            )
-
-    @property
-    def extensions(self) -> list[Extension]:
-        return self.conn.extensions
-
-    def handle_connect(self, event: Request) -> None:
-        super().handle_connect(event)
-        scope: Any = getattr(self, "scope", None)
-        if scope is not None:
-            scope["extensions"][SOCKET_EXTENSION] = self
-
-    def detach(self, handler: MessageHandler) -> None:
-        """Hand the open socket to `handler`; the ASGI app must return right after."""
-        self.handler = handler
-        # Messages that arrived during the handshake were queued for the app.
-        while not self.queue.empty():
-            message: Any = self.queue.get_nowait()
-            if message["type"] == "websocket.receive":
-                text = message.get("text")
-                handler.receive(text.encode() if text is not None else message.get("bytes", b""))
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
-        # What only the ASGI conversation needed: the request, the response, the queue
-        # of ASGI events and the flow-control event (a few KiB per idle socket). The
-        # request's headers are emptied in place: websockets' parser generator keeps
-        # the request alive in its frame for the life of the connection.
-        if self.request is not None:
-            self.request.headers.clear()
-        self.request = self.response = None  # type: ignore[assignment]
-        self.queue = _DISCARD  # type: ignore[assignment]
-        self.writable = _ALWAYS  # type: ignore[assignment]
-
-    def start_keepalive(self) -> None:
-        if self.ping_interval:
-            Keepalive.of(self.loop, self.ping_interval).add(self)
-
-    def stop_keepalive(self) -> None:
-        super().stop_keepalive()
-        if self.ping_interval:
-            Keepalive.of(self.loop, self.ping_interval).discard(self)
-
-    def sweep_ping(self) -> None:
-        keepalive_turn(self, self.keepalive_timeout)
-
-    def send_receive_event_to_app(self) -> None:
-        handler = self.handler
-        if handler is None:
-            super().send_receive_event_to_app()
-            return
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        if not self.close_sent:
-            handler.receive(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        handler, self.handler = self.handler, None
-        if handler is not None:
-            handler.closed()
-
-    async def run_asgi(self) -> None:
-        try:
-            result = await self.app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except BaseException:
-            self.logger.exception("Exception in ASGI application\n")
-            self.send_500_response()
-        else:
-            if not self.handshake_complete:
-                self.logger.error("ASGI callable returned without completing handshake.")
-                self.send_500_response()
-            elif result is not None:
-                self.logger.error("ASGI callable should return None, but returned %r.", result)
-        if self.handler is not None:
-            self.scope = None  # type: ignore[assignment]
-            return  # detached: the handler owns the socket now
-        if self.close_timer is None:
-            self.transport.close()
 
 
 class FirstRequest(asyncio.Protocol):
@@ -345,8 +199,7 @@ class LivepushHttpProtocol(HttpToolsProtocol):
         )
         # This object is done: break its cycle with the parser so that reference
         # counting frees it now rather than a garbage collection later.
-        self.parser = None  # type: ignore[assignment]
-        self.scope = self.headers = None  # type: ignore[assignment]
+        del self.parser, self.scope, self.headers
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -8,15 +8,16 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from livepush.errors import BadSince, BrokerUnavailable, ClientMessageError
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
 from livepush.ratelimit import TokenBucket
-from livepush.runtime import Runtime, runtime_of
+from livepush.runtime import Runtime
+from livepush.transports.base import Socket
 from livepush.transports.fastws import FastSocket
-from livepush.transports.uvicorn import SOCKET_EXTENSION, LivepushWebSocketProtocol
 from livepush.wire import (
     Ping,
     Subscribe,
@@ -27,9 +28,10 @@ from livepush.wire import (
 
 log = logging.getLogger("livepush.ws")
 
-# A peer that does not read our close frame within this time is aborted: its unread
-# data would otherwise hold the socket (and its buffer) open for the close timeout.
-ABORT_AFTER = 2.0
+NEEDS_LIVEPUSH_SERVE = (
+    "WebSocket subscriptions need `livepush serve`, whose server hands livepush each socket"
+)
+
 # Client messages per second, with a burst of twice as many; beyond that the client
 # is told, and a client that keeps going past STRIKES errors is abusive (1008).
 MESSAGE_RATE = 20.0
@@ -37,50 +39,42 @@ STRIKES = 50
 
 
 class WsConnection:
-    """A WebSocket as the hub sees it: writes go straight to the asyncio transport."""
+    """A WebSocket as the hub sees it: writes go straight to the socket's transport."""
 
-    __slots__ = ("_held", "_protocol", "_transport", "buffered", "format", "write")
+    __slots__ = ("_held", "_socket", "buffered", "format", "write")
 
-    def __init__(self, protocol: LivepushWebSocketProtocol | FastSocket) -> None:
-        self._protocol = protocol
+    def __init__(self, socket: Socket, deflate: bool) -> None:
+        self._socket = socket
         # A socket that negotiated permessage-deflate gets the event's shared
         # compressed frame (livepush only accepts it without context takeover).
-        self.format = Format.WS_DEFLATE if protocol.extensions else Format.WS
-        transport = protocol.transport
-        self._transport = transport
-        self.write = transport.write
-        self.buffered = transport.get_write_buffer_size
+        self.format = Format.WS_DEFLATE if deflate else Format.WS
+        self.write = socket.write
+        self.buffered = socket.buffered
         self._held: list[bytes] | None = None
 
     def hold(self, first: bytes) -> None:
         """Collect writes after `first` until release(), then write them all at once."""
-        held = [first]
-        self.write = held.append  # type: ignore[assignment]
-        self._held = held
+        held = self._held = [first]
+
+        def write(data: bytes) -> None:
+            held.append(data)
+
+        self.write = write
 
     def release(self) -> None:
         held, self._held = self._held, None
-        self.write = self._transport.write
+        self.write = self._socket.write
         if held:
             self.write(b"".join(held))
 
     def send(self, kind: str, message: dict[str, Any]) -> None:
-        if not self._protocol.close_sent:
+        if not self._socket.closing:
             self.write(control(message))
 
     def close(self, code: CloseCode) -> None:
-        protocol = self._protocol
-        if protocol.close_sent or self._transport.is_closing():
-            return
-        protocol.conn.send_close(int(code))
-        self.write(b"".join(protocol.conn.data_to_send()))
-        protocol.close_sent = True
-        if protocol.read_paused:
-            protocol.read_paused = False
-            self._transport.resume_reading()  # to see the peer's answering close
-        if protocol.close_timer is not None:
-            protocol.close_timer.cancel()
-        protocol.close_timer = protocol.loop.call_later(ABORT_AFTER, self._transport.abort)
+        if self._held is not None:
+            self.release()  # the 101 and what was held leave before the close frame
+        self._socket.close(code)
 
 
 class Session:
@@ -160,7 +154,9 @@ class Session:
     def subscribe(self, message: Subscribe) -> None:
         self._leave(message.feed)
         self.subs = {feed: sub for feed, sub in self.subs.items() if sub.live}
-        if len(self.subs) + len(self.pending) >= self.max_feeds:
+        # A join that just finished is in both until its task's done callback runs:
+        # count feeds, not entries, or it takes two places for that moment.
+        if len(self.subs.keys() | self.pending.keys()) >= self.max_feeds:
             self.error("too_many_feeds", f"at most {self.max_feeds} feeds per connection")
             return
         if message.receipts and not self.runtime.publishers.is_publisher(message.token):
@@ -208,52 +204,41 @@ class Session:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """`GET /v1/ws`: the SPEC's WebSocket endpoint (with the `?feed=&since=` shortcut).
+    """`/v1/ws` reached through ASGI: only under a server other than `livepush serve`.
 
-    Starlette does the handshake; then the socket is detached from ASGI and the
-    session is driven by the protocol's callbacks (see transports/uvicorn.py).
+    `livepush serve` answers every `/v1/ws` upgrade before ASGI (transports/fastws.py).
+    The hub writes pre-built frames straight to each socket, which an ASGI server does
+    not hand out, so any other server gets a clear refusal rather than a socket that
+    would never receive an event.
     """
-    runtime = runtime_of(websocket)
-    if not runtime.origin_allowed(websocket.headers.get("origin")):
-        await websocket.close(code=CloseCode.POLICY)  # before accept: answered with 403
-        return
-    protocol = websocket.scope.get("extensions", {}).get(SOCKET_EXTENSION)
-    if protocol is None:
-        log.error("no %s extension: run livepush with `livepush serve`", SOCKET_EXTENSION)
-        await websocket.close(code=CloseCode.INTERNAL_ERROR)
-        return
-    await websocket.accept()
-    if not protocol.transport.is_closing():
-        open_session(protocol, runtime, websocket.scope["query_string"].decode("latin-1"))
+    log.error("/v1/ws through ASGI: %s", NEEDS_LIVEPUSH_SERVE)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        denial = PlainTextResponse(NEEDS_LIVEPUSH_SERVE + "\n", status_code=501)
+        await websocket.send_denial_response(denial)
+    else:
+        await websocket.close(CloseCode.INTERNAL_ERROR, NEEDS_LIVEPUSH_SERVE)  # a 403
 
 
-def open_session(
-    protocol: LivepushWebSocketProtocol | FastSocket,
-    runtime: Runtime,
-    query: str,
-    greeting: bytes = b"",
-) -> None:
-    """Start a handshaken socket's session, detached from ASGI, and its `?feed=` one.
+def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: bytes) -> None:
+    """Start a handshaken socket's session and its `?feed=` subscription.
 
     `greeting` (the 101 response, when not yet written) leaves in one write with the
     session's first messages (`subscribed`, a catch-up): one send instead of two per
     connection in a reconnect storm.
     """
-    conn = WsConnection(protocol)
+    conn = WsConnection(socket, deflate=bool(socket.extensions))
     session = Session(conn, runtime)
-    protocol.detach(session)
-    if greeting:
-        conn.hold(greeting)
+    socket.detach(session)
+    conn.hold(greeting)
     try:
         params = dict(parse_qsl(query))
         feed = params.get("feed")
         if feed is not None:
             _subscribe_from_query(session, feed, params.get("since"), params.get("epoch"))
     finally:
-        if greeting:
-            conn.release()
-            for sub in session.subs.values():
-                sub.write = conn.write  # they took the holding write when they joined
+        conn.release()
+        for sub in session.subs.values():
+            sub.write = conn.write  # they took the holding write when they joined
 
 
 class FastHandshake:
