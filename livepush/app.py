@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -17,16 +20,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livepush import __version__, config
-from livepush.api import feeds, ingest, ops
+from livepush.api import docs, feeds, ingest, ops
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
-from livepush.errors import Conflict, LivepushError, RateLimited
+from livepush.errors import Conflict, LivepushError, RateLimited, Unauthorized
 from livepush.gc_policy import GcPolicy
 from livepush.model import CloseCode, is_feed_name
-from livepush.pages import render_editor, render_reader
+from livepush.pages import page_headers, render_editor, render_reader
 from livepush.runtime import Runtime, runtime_of
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.fastws import FastPath
@@ -41,7 +45,9 @@ def make_broker(settings: Settings) -> Broker:
         return MemoryBroker(settings.history_size)
     from livepush.brokers.redis import RedisBroker
 
-    return RedisBroker(settings.redis_url, settings.history_size)
+    return RedisBroker(
+        settings.redis_url, settings.history_size, min_replicas=settings.redis_min_replicas
+    )
 
 
 def _error_response(error: LivepushError) -> Response:
@@ -49,6 +55,8 @@ def _error_response(error: LivepushError) -> Response:
     if error.fields:
         body["fields"] = error.fields
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
+    if isinstance(error, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="livepush"'}  # RFC 6750
     return JSONResponse({"error": body}, status_code=error.status, headers=headers)
 
 
@@ -77,7 +85,9 @@ def _static(name: str) -> bytes:
     return resources.files("livepush.static").joinpath(name).read_bytes()
 
 
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+# Scripts and styles only: the pages are served by their routes, with their security
+# headers (the editor's template, framed from /static, would be a console without them).
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 
 async def static_file(request: Request) -> Response:
@@ -101,18 +111,63 @@ async def client_js(request: Request) -> Response:
 
 
 async def reader_page(request: Request) -> Response:
+    """`/`, `/feeds/{feed}`: the live blog; a private feed's needs a reader token
+    (Bearer or `?token=`), which the page then uses for its own subscription."""
+    runtime = runtime_of(request)
     feed = request.path_params.get("feed", DEMO_FEED)
     if not is_feed_name(feed):
         raise HTTPException(404, "no such feed")
-    snapshot = await runtime_of(request).broker.snapshot(feed, 50, None)
+    runtime.access.read_request(request, feed)
+    private = runtime.access.is_private(feed)
+    token = None
+    if private:
+        header = request.headers.get("authorization")
+        token = header.partition(" ")[2].strip() if header else request.query_params["token"]
+    snapshot = await runtime.broker.snapshot(feed, 50, None)
+    nonce = secrets.token_urlsafe(16)
     page = render_reader(
-        feed, orjson.loads(feeds.snapshot_body(snapshot)), asset_version=__version__
+        feed,
+        orjson.loads(feeds.snapshot_body(snapshot)),
+        asset_version=__version__,
+        nonce=nonce,
+        token=token,
     )
-    return HTMLResponse(page)
+    # Any site may frame a reader page unless an Origin allow-list says which may.
+    origins = runtime.settings.allowed_origins
+    ancestors = " ".join(("'self'", *origins)) if origins else "*"
+    headers = page_headers(nonce, frame_ancestors=ancestors, host=request.headers.get("host"))
+    if private:
+        headers["Cache-Control"] = "private, no-store"
+    return HTMLResponse(page, headers=headers)
 
 
 async def editor_page(request: Request) -> Response:
-    return HTMLResponse(render_editor(asset_version=__version__))
+    """`/editor`: the console holds a publisher token, so no site may frame it."""
+    nonce = secrets.token_urlsafe(16)
+    headers = page_headers(nonce, frame_ancestors="'none'", host=request.headers.get("host"))
+    return HTMLResponse(render_editor(asset_version=__version__, nonce=nonce), headers=headers)
+
+
+class NoSniff:
+    """ASGI middleware: `X-Content-Type-Options: nosniff` on every HTTP response, so a
+    browser never runs a JSON body or an entry's text as a script or a page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    message["headers"] = [*headers, (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
@@ -130,13 +185,22 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         keepalive = _Repeat(loop, settings.sse_keepalive, runtime.keepalive)
         freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, runtime.gc.tick)
         presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
+        tokens = _Repeat(loop, TOKENS_CHECK_SECONDS, runtime.access.reload_if_changed)
+        # SIGHUP reads the tokens file again (uvicorn leaves SIGHUP alone in a worker;
+        # its default would end the process). Only a main thread can take signals.
+        hangup = threading.current_thread() is threading.main_thread()
+        if hangup:
+            loop.add_signal_handler(signal.SIGHUP, runtime.access.reload, "SIGHUP")
         try:
             yield
         finally:
+            if hangup:
+                loop.remove_signal_handler(signal.SIGHUP)
             runtime.draining = True
             keepalive.cancel()
             freezer.cancel()
             presence.cancel()
+            tokens.cancel()
             runtime.hub.close_all(CloseCode.SERVICE_RESTART)
             await runtime.hub.aclose()
             await runtime.broker.aclose()
@@ -150,6 +214,8 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),
+        Route("/v1/openapi.json", docs.openapi_json),
+        Route("/v1/asyncapi.json", docs.asyncapi_json),
         Route("/v1/feeds/{feed}", feeds.feed_info),
         Route("/v1/feeds/{feed}/entries", feeds.feed_history, methods=["GET"]),
         Route("/v1/feeds/{feed}/entries", ingest.create_entry, methods=["POST"]),
@@ -167,8 +233,10 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET"],
-            allow_headers=["Last-Event-ID", "Cache-Control"],
-        )
+            # Authorization: a private feed's reads from a page of another origin.
+            allow_headers=["Last-Event-ID", "Cache-Control", "Authorization"],
+        ),
+        Middleware(NoSniff),
     ]
     app = Starlette(
         routes=routes,
@@ -186,6 +254,8 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
 
 # How often each node reports its subscriber counts per feed to the broker.
 PRESENCE_SECONDS = 2.0
+# How often the tokens file's stat is checked for a change (one os.stat).
+TOKENS_CHECK_SECONDS = 2.0
 
 
 class _Repeat:

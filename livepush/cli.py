@@ -58,16 +58,27 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from livepush.auth import Access
+    from livepush.logs import log_config
+
     flags = _flags(args)
     try:
         settings = config.load(flags)
     except ConfigError as error:
         print(f"livepush: {error}", file=sys.stderr)
         return 2
-    if not settings.publish_tokens:
+    if not settings.publish_tokens and not settings.tokens_file:
         token = secrets.token_urlsafe(24)
         flags["publish_tokens"] = (token,)
+        settings = config.load(flags)
         print(f"livepush: no publisher token configured; generated one: {token}", flush=True)
+    try:  # the tokens file and the JWT key, read once here to fail before serving
+        Access.from_settings(settings)
+    except ConfigError as error:
+        print(f"livepush: {error}", file=sys.stderr)
+        return 2
+    for warning in settings.warnings():
+        print(f"livepush: warning: {warning}", file=sys.stderr, flush=True)
     # Worker processes build their settings from the environment: tell them the flags.
     os.environ.update(config.environment(flags))
     uvicorn.run(
@@ -90,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
         backlog=8192,
         timeout_graceful_shutdown=int(settings.drain_seconds),
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),  # access logs redact `token=`
         access_log=settings.log_level == "debug",
         server_header=False,
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from livepush.brokers.redis_url import parse_redis_url
 from livepush.errors import ConfigError
 
 
@@ -18,8 +19,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str | None = None
+    redis_min_replicas: int = 0  # replicas that hold each write before it is answered
     workers: int = 1
     publish_tokens: tuple[str, ...] = ()
+    tokens_file: str | None = None  # named, scoped publisher tokens (JSON), reloaded
+    private_feeds: tuple[str, ...] = ()  # feed patterns only token holders may read
+    jwt_secret: str | None = None  # HS256 reader tokens
+    jwt_public_key: str | None = None  # path of a PEM public key: RS256 or ES256 reader tokens
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     history_size: int = 1000
     max_buffer: int = 1 << 20  # unsent bytes per subscriber before it is cut off (1013)
@@ -27,8 +35,12 @@ class Settings:
     max_body: int = 64 * 1024
     ping_interval: float = 20.0
     sse_keepalive: float = 15.0
-    publish_rate: float = 50.0  # publishes per second per token (burst: twice that)
+    publish_rate: float = 0.0  # writes/s per LIVEPUSH_PUBLISH_TOKENS token; 0: no limit
     drain_seconds: float = 10.0
+    # Connections one client address may hold; 0: no limit (a mobile carrier's NAT puts
+    # thousands of phones behind one address).
+    max_connections_per_address: int = 0
+    subscribe_timeout: float = 30.0  # a WebSocket with no subscription is closed after it
     # "shared": permessage-deflate without context takeover, each event compressed once
     # for every socket that accepted it; "off": decline it.
     ws_compression: str = "shared"
@@ -41,6 +53,12 @@ class Settings:
             raise ConfigError("port must be 1..65535")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.redis_url is not None:
+            parse_redis_url(self.redis_url)  # ConfigError names what is wrong
+        if self.redis_min_replicas < 0:
+            raise ConfigError("Redis min replicas must be 0 or more")
+        if self.redis_min_replicas and self.redis_url is None:
+            raise ConfigError("LIVEPUSH_REDIS_MIN_REPLICAS needs Redis (--redis-url)")
         if self.workers > 1 and self.redis_url is None:
             raise ConfigError(
                 "--workers needs Redis (--redis-url): the in-process broker lives in one process"
@@ -51,12 +69,33 @@ class Settings:
             raise ConfigError("max buffer must be at least 1024 bytes")
         if self.ws_compression not in WS_COMPRESSION:
             raise ConfigError("ws compression must be off or shared")
-        if not self.publish_tokens and not is_loopback(self.host):
+        if not self.publish_tokens and not self.tokens_file and not is_loopback(self.host):
             raise ConfigError(
                 "no publisher token: set LIVEPUSH_PUBLISH_TOKENS (or --publish-token) "
-                "to serve on a non-loopback address"
+                "or LIVEPUSH_TOKENS_FILE to serve on a non-loopback address"
             )
+        if self.publish_rate < 0:
+            raise ConfigError("publish rate must be 0 (no limit) or more")
+        if self.max_connections_per_address < 0:
+            raise ConfigError("max connections per address must be 0 (no limit) or more")
+        if self.subscribe_timeout <= 0:
+            raise ConfigError("subscribe timeout must be more than 0 seconds")
         return self
+
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant (printed once at start-up)."""
+        found = []
+        if not is_loopback(self.host) and not self.allowed_origins:
+            found.append(
+                f"bound to {self.host} with no Origin allow-list: any web site may open "
+                "subscriptions from its visitors' browsers (set LIVEPUSH_ALLOWED_ORIGINS)"
+            )
+        if self.private_feeds and not (self.jwt_secret or self.jwt_public_key):
+            found.append(
+                "private feeds but no LIVEPUSH_JWT_SECRET or LIVEPUSH_JWT_PUBLIC_KEY: "
+                "only publisher tokens can read them"
+            )
+        return found
 
 
 def is_loopback(host: str) -> bool:
@@ -73,6 +112,10 @@ def _split(value: str) -> tuple[str, ...]:
 
 
 def _url(value: str) -> str | None:
+    return value or None
+
+
+def _optional(value: str) -> str | None:
     return value or None
 
 
@@ -116,6 +159,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Redis URL; none: the in-process broker",
     ),
     Setting(
+        "redis_min_replicas",
+        "LIVEPUSH_REDIS_MIN_REPLICAS",
+        int,
+        "--redis-min-replicas",
+        "Redis replicas that must hold each write before it is answered (default 0)",
+    ),
+    Setting(
         "workers", "LIVEPUSH_WORKERS", int, "--workers", "worker processes (Redis only; default 1)"
     ),
     Setting(
@@ -125,6 +175,49 @@ SETTINGS: tuple[Setting, ...] = (
         "--publish-token",
         "a publisher token (repeatable); overrides LIVEPUSH_PUBLISH_TOKENS",
         action="append",
+    ),
+    Setting(
+        "tokens_file",
+        "LIVEPUSH_TOKENS_FILE",
+        _optional,
+        "--tokens-file",
+        "JSON file of named, scoped publisher tokens (read again on SIGHUP and on change)",
+    ),
+    Setting(
+        "private_feeds",
+        "LIVEPUSH_PRIVATE_FEEDS",
+        _split,
+        "--private-feed",
+        "a feed pattern (`*` for any run) only token holders may read (repeatable)",
+        action="append",
+    ),
+    Setting(
+        "jwt_secret",
+        "LIVEPUSH_JWT_SECRET",
+        _optional,
+        None,
+        "HS256 secret of reader tokens (a variable only: flags show in `ps`)",
+    ),
+    Setting(
+        "jwt_public_key",
+        "LIVEPUSH_JWT_PUBLIC_KEY",
+        _optional,
+        "--jwt-public-key",
+        "PEM file of the RS256 or ES256 public key of reader tokens",
+    ),
+    Setting(
+        "jwt_audience",
+        "LIVEPUSH_JWT_AUDIENCE",
+        _optional,
+        "--jwt-audience",
+        "the `aud` reader tokens must carry (unset: not checked)",
+    ),
+    Setting(
+        "jwt_issuer",
+        "LIVEPUSH_JWT_ISSUER",
+        _optional,
+        "--jwt-issuer",
+        "the `iss` reader tokens must carry (unset: not checked)",
     ),
     Setting(
         "allowed_origins",
@@ -174,7 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
         "LIVEPUSH_PUBLISH_RATE",
         float,
         "--publish-rate",
-        "publishes/s per token; 0: no limit",
+        "writes/s per --publish-token token (default 0: no limit)",
     ),
     Setting(
         "drain_seconds",
@@ -182,6 +275,20 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "--drain-seconds",
         "SIGTERM grace period (default 10)",
+    ),
+    Setting(
+        "max_connections_per_address",
+        "LIVEPUSH_MAX_CONNECTIONS_PER_ADDRESS",
+        int,
+        "--max-connections-per-address",
+        "connections one client address may hold (default 0: no limit)",
+    ),
+    Setting(
+        "subscribe_timeout",
+        "LIVEPUSH_SUBSCRIBE_TIMEOUT",
+        float,
+        None,
+        "seconds a WebSocket may stay open with no subscription (default 30)",
     ),
     Setting(
         "ws_compression",

@@ -19,18 +19,27 @@ from urllib.parse import quote
 # keeping it in an .html file lets it be edited (and served from /static) as one.
 _EDITOR_TEMPLATE = files("livepush").joinpath("static/editor.html").read_text("utf-8")
 _ASSET_VERSION_MARK = "__ASSET_VERSION__"
+_NONCE_MARK = " __NONCE__"  # in the inline script's tag: ` nonce="..."`, or nothing
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 def render_reader(
-    feed: str, snapshot: dict[str, object], *, asset_version: str, limit: int = 50
+    feed: str,
+    snapshot: dict[str, object],
+    *,
+    asset_version: str,
+    limit: int = 50,
+    nonce: str = "",
+    token: str | None = None,
 ) -> str:
     """The reader page for a feed's snapshot, readable before (and without) JavaScript.
 
     `snapshot` is the SPEC snapshot body decoded, asked for with `limit`. The page hands
     `epoch` and `head_seq` to the client on `<main>`, so it subscribes exactly where the
-    snapshot ends.
+    snapshot ends. `nonce` is the Content-Security-Policy nonce of its inline script
+    (`page_headers`); `token` (a private feed's reader token, which the page was opened
+    with) goes to the client on `<main>` too, for its subscription and reads.
     """
     entries = sorted(_entries(snapshot.get("entries")), key=_reader_order)
     epoch = _text(snapshot, "epoch")
@@ -42,6 +51,7 @@ def render_reader(
     before = min(unpinned, default=0) if len(entries) >= limit else 0
     v = quote(asset_version, safe="")
     articles = "\n".join(render_entry(entry) for entry in entries)
+    token_data = f' data-token="{escape(token)}"' if token else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -54,7 +64,7 @@ def render_reader(
 </head>
 <body>
 <main id="live" class="lp-reader" data-feed="{escape(feed)}" data-epoch="{escape(epoch)}" \
-data-head-seq="{head_seq}" data-before="{before}">
+data-head-seq="{head_seq}" data-before="{before}"{token_data}>
 <header class="lp-header">
 <p class="lp-kicker"><span class="lp-live-mark">Live</span> updates</p>
 <h1 class="lp-feed-name">{escape(feed)}</h1>
@@ -70,7 +80,7 @@ This page updates by itself.</p>
 <div class="lp-more"><button type="button" class="lp-load-older" hidden>\
 Load older entries</button></div>
 </main>
-<script type="module">
+<script type="module"{_nonce(nonce)}>
 import {{ subscribe }} from "/v1/livepush.js?v={v}";
 import {{ startReader }} from "/static/reader.js?v={v}";
 startReader(document.getElementById("live"), subscribe);
@@ -80,9 +90,46 @@ startReader(document.getElementById("live"), subscribe);
 """
 
 
-def render_editor(*, asset_version: str) -> str:
+def render_editor(*, asset_version: str, nonce: str = "") -> str:
     """The editor console page, its asset URLs pinned to `asset_version`."""
-    return _EDITOR_TEMPLATE.replace(_ASSET_VERSION_MARK, quote(asset_version, safe=""))
+    page = _EDITOR_TEMPLATE.replace(_ASSET_VERSION_MARK, quote(asset_version, safe=""))
+    return page.replace(_NONCE_MARK, _nonce(nonce))
+
+
+def _nonce(nonce: str) -> str:
+    return f' nonce="{escape(nonce)}"' if nonce else ""
+
+
+def page_headers(nonce: str, *, frame_ancestors: str, host: str | None) -> dict[str, str]:
+    """The security headers of a page whose one inline script carries `nonce`.
+
+    Scripts only from this origin and that script; no plugins, no `<base>`, forms
+    only to this origin; `frame_ancestors` says who may frame the page (the editor
+    console, which holds a publisher token: nobody). `connect-src` names the page's
+    own host with ws: and wss: as well as 'self', for browsers whose 'self' does not
+    cover WebSocket URLs yet. No Referer leaves the page: a private feed's page may
+    carry its reader token in its URL.
+    """
+    connect = "'self'"
+    if host is not None and _HOST.fullmatch(host):
+        connect += f" ws://{host} wss://{host}"
+    policy = (
+        f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
+        f"img-src 'self' data:; connect-src {connect}; base-uri 'none'; "
+        f"form-action 'self'; frame-ancestors {frame_ancestors}"
+    )
+    headers = {
+        "Content-Security-Policy": policy,
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if frame_ancestors == "'none'":
+        headers["X-Frame-Options"] = "DENY"  # browsers that predate frame-ancestors
+    return headers
+
+
+# A Host header as it may appear in a CSP source: a name or an address, and a port.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
 
 def render_entry(entry: Mapping[str, object]) -> str:

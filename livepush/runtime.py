@@ -15,7 +15,7 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection
 
-from livepush.auth import Publishers, origin_allowed
+from livepush.auth import Access, origin_allowed
 from livepush.brokers.base import Broker
 from livepush.config import Settings
 from livepush.errors import BrokerUnavailable
@@ -37,7 +37,8 @@ class Runtime:
         self.settings = settings
         self.broker = broker
         self.hub = Hub(broker, max_buffer=settings.max_buffer)
-        self.publishers = Publishers(settings.publish_tokens, settings.publish_rate)
+        self.access = Access.from_settings(settings)
+        self.publishers = self.access.publishers
         self.sse_streams: set[SseStream] = set()
         self.ws_connections = 0
         self.gc = GcPolicy()
@@ -51,8 +52,7 @@ class Runtime:
         return origin_allowed(origin, self.settings.allowed_origins)
 
     def subscribers(self, feed: str) -> int:
-        state = self.hub.feeds.get(feed)
-        return 0 if state is None else sum(len(subs) for subs in state.groups.values())
+        return self.hub.subscribers(feed)
 
     async def total_subscribers(self, feed: str) -> int:
         """This node's subscribers of `feed` now, plus every other node's last report."""

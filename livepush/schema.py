@@ -25,7 +25,7 @@ Tag = Annotated[StrictStr, Field(max_length=64)]
 class _Fields(BaseModel):
     """The editor-supplied fields of an entry; the server adds id, seq and times."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="NewEntry")
 
     body: StrictStr = Field(min_length=1, max_length=65536)
     title: StrictStr | None = Field(default=None, max_length=300)
@@ -42,12 +42,30 @@ class _Fields(BaseModel):
         return value
 
 
+def _patch_schema(schema: dict[str, Any]) -> None:
+    """A correction's JSON Schema: at least one field; `body` and `pinned` have no
+    default (their None only stands for "left out", it is never a value)."""
+    schema["minProperties"] = 1
+    for name in ("body", "pinned"):
+        schema["properties"][name].pop("default", None)
+
+
 class _Patch(_Fields):
-    body: StrictStr | None = Field(default=None, min_length=1, max_length=65536)  # type: ignore[assignment]
-    pinned: StrictBool | None = None  # type: ignore[assignment]
+    # `body` and `pinned` may be left out but not set to null: a default is not
+    # validated, an explicit null is.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, title="EntryPatch", json_schema_extra=_patch_schema
+    )
+
+    body: StrictStr = Field(default=None, min_length=1, max_length=65536)  # type: ignore[assignment]
+    pinned: StrictBool = None  # type: ignore[assignment]
 
 
 EDITABLE = ("body", "title", "author", "tags", "pinned", "meta")
+
+# The models that validate requests, as the API documents (openapi.py) show them.
+NewEntry: type[BaseModel] = _Fields
+EntryPatch: type[BaseModel] = _Patch
 
 
 def _fields_of(error: ValidationError) -> dict[str, str]:
@@ -83,15 +101,15 @@ def parse_patch(raw: object) -> dict[str, Any]:
     `body` and `pinned` cannot be removed.
     """
     data = _as_object(raw)
-    try:
-        _Patch.model_validate(data)
-    except ValidationError as error:
-        raise InvalidEntry("the correction is not valid", fields=_fields_of(error)) from None
     bad: dict[str, str] = {
         name: "cannot be null" for name in ("body", "pinned") if name in data and data[name] is None
     }
-    if bad:
-        raise InvalidEntry("the correction is not valid", fields=bad)
+    try:
+        _Patch.model_validate(data)
+    except ValidationError as error:
+        raise InvalidEntry(
+            "the correction is not valid", fields={**_fields_of(error), **bad}
+        ) from None
     if not data:
         raise InvalidEntry("a correction changes at least one field", fields={"(body)": "empty"})
     return dict(data)

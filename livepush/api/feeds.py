@@ -39,8 +39,19 @@ def _since(request: Request) -> int:
         raise InvalidEntry("bad since", fields={"since": f"an integer in 0..{MAX_SEQ}"}) from None
 
 
-def _json(body: bytes) -> Response:
-    return Response(body, 200, media_type="application/json")
+def _json(body: bytes, private: bool = False) -> Response:
+    # A private feed's reads are for one reader: no shared cache may keep them.
+    headers = {"Cache-Control": "private, no-store"} if private else None
+    return Response(body, 200, headers=headers, media_type="application/json")
+
+
+def readable_feed(request: Request) -> tuple[str, bool]:
+    """The request's feed, if its token may read it (401/403 for a private feed),
+    and whether the feed is private."""
+    access = runtime_of(request).access
+    feed = feed_of(request)
+    access.read_request(request, feed)
+    return feed, access.is_private(feed)
 
 
 async def feed_info(request: Request) -> Response:
@@ -49,7 +60,7 @@ async def feed_info(request: Request) -> Response:
     Other nodes' counts are their last report (every 2 s); this node's are live.
     """
     runtime = runtime_of(request)
-    feed = feed_of(request)
+    feed, private = readable_feed(request)
     history = await runtime.broker.history(feed, 0, 0)
     return _json(
         orjson.dumps(
@@ -59,7 +70,8 @@ async def feed_info(request: Request) -> Response:
                 "head_seq": history.head_seq,
                 "subscribers": await runtime.total_subscribers(feed),
             }
-        )
+        ),
+        private,
     )
 
 
@@ -70,7 +82,7 @@ async def feed_history(request: Request) -> Response:
     `first_seq - 1` cannot be continued without a gap (the WebSocket answers `reset`).
     """
     runtime = runtime_of(request)
-    feed = feed_of(request)
+    feed, private = readable_feed(request)
     since = _since(request)
     limit = int_param(request, "limit", HISTORY_LIMIT, 1, HISTORY_MAX) or HISTORY_LIMIT
     history = await runtime.broker.history(feed, since, limit)
@@ -83,7 +95,7 @@ async def feed_history(request: Request) -> Response:
         }
     )
     events = b",".join(event.payload for event in history.events)
-    return _json(head[:-1] + b',"events":[' + events + b"]}")
+    return _json(head[:-1] + b',"events":[' + events + b"]}", private)
 
 
 def snapshot_body(snapshot: Snapshot) -> bytes:
@@ -96,11 +108,11 @@ def snapshot_body(snapshot: Snapshot) -> bytes:
 async def feed_snapshot(request: Request) -> Response:
     """`GET /v1/feeds/{feed}/snapshot?limit=M&before=S`: the feed as a reader sees it."""
     runtime = runtime_of(request)
-    feed = feed_of(request)
+    feed, private = readable_feed(request)
     limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, SNAPSHOT_MAX) or SNAPSHOT_LIMIT
     before = int_param(request, "before", None, 1, MAX_SEQ)
     snapshot = await runtime.broker.snapshot(feed, limit, before)
-    return _json(snapshot_body(snapshot))
+    return _json(snapshot_body(snapshot), private)
 
 
 async def feed_events(request: Request) -> EventStream:

@@ -6,6 +6,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from livepush.auth import audit
 from livepush.entries import entry_fields, new_entry_id, now_rfc3339
 from livepush.errors import (
     BadJSON,
@@ -18,6 +19,7 @@ from livepush.errors import (
 from livepush.model import Change, EventType, is_feed_name
 from livepush.runtime import runtime_of
 from livepush.schema import parse_new_entry, parse_patch
+from livepush.tokens import Action
 from livepush.wire import entry_template
 
 # A correction retried this many times against concurrent ones gives up with 503.
@@ -67,8 +69,8 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
 async def create_entry(request: Request) -> Response:
     """`POST /v1/feeds/{feed}/entries`: 201 with the stored entry."""
     runtime = runtime_of(request)
-    token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
+    token = runtime.access.writer(request.headers.get("authorization"), Action.PUBLISH, feed)
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise InvalidEntry(
@@ -88,6 +90,7 @@ async def create_entry(request: Request) -> Response:
     published = await runtime.broker.publish(feed, change, idempotency_key=key)
     if not published.duplicate:
         runtime.published += 1
+        audit(token, Action.PUBLISH, feed, entry_id, published.position.seq)
     headers = {"Idempotency-Replayed": "true"} if published.duplicate else None
     return _json(published.entry or b"{}", 201, headers)
 
@@ -95,8 +98,8 @@ async def create_entry(request: Request) -> Response:
 async def update_entry(request: Request) -> Response:
     """`PATCH /v1/feeds/{feed}/entries/{id}`: 200 with the corrected entry."""
     runtime = runtime_of(request)
-    token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
+    token = runtime.access.writer(request.headers.get("authorization"), Action.CORRECT, feed)
     entry_id = entry_id_of(request)
     patch = parse_patch(await read_json(request, runtime.settings.max_body))
     runtime.publishers.spend(token)
@@ -119,6 +122,7 @@ async def update_entry(request: Request) -> Response:
         except Conflict:
             continue  # another correction landed first: apply ours on top of it
         runtime.published += 1
+        audit(token, Action.CORRECT, feed, entry_id, published.position.seq)
         return _json(published.entry or b"{}", 200)
     raise Conflict(entry_id)
 
@@ -126,10 +130,11 @@ async def update_entry(request: Request) -> Response:
 async def delete_entry(request: Request) -> Response:
     """`DELETE /v1/feeds/{feed}/entries/{id}`: 204; the entry leaves the snapshot."""
     runtime = runtime_of(request)
-    token = runtime.publishers.check(request.headers.get("authorization"))
     feed = feed_of(request)
+    token = runtime.access.writer(request.headers.get("authorization"), Action.RETRACT, feed)
     entry_id = entry_id_of(request)
     runtime.publishers.spend(token)
-    await runtime.broker.publish(feed, Change(EventType.DELETED, entry_id))
+    published = await runtime.broker.publish(feed, Change(EventType.DELETED, entry_id))
     runtime.published += 1
+    audit(token, Action.RETRACT, feed, entry_id, published.position.seq)
     return Response(status_code=204)
