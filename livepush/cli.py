@@ -1,4 +1,4 @@
-"""`livepush serve`: argument parsing, then uvicorn with livepush's protocol classes."""
+"""`livepush serve|publish|tail`: argument parsing, then uvicorn or the client's commands."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from livepush.errors import ConfigError
 # than /v1/ws (refused by the router); /v1/ws never reaches it (transports/uvicorn.py).
 WS_PROTOCOL = "websockets-sansio"
 HTTP_PROTOCOL = "livepush.transports.uvicorn:FirstRequest"
+DEFAULT_URL = "http://127.0.0.1:8000"  # where `publish` and `tail` find the server
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +42,42 @@ def parser() -> argparse.ArgumentParser:
                 default=None,
                 help=setting.help,
             )
+    _add_client_commands(commands)
     return root
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`publish` and `tail`, against a running server (livepush/commands.py runs them)."""
+    publish = commands.add_parser("publish", help="publish an entry to a feed")
+    tail = commands.add_parser("tail", help="follow a feed's events live")
+    for command, json_help in (
+        (publish, "print the stored entry as JSON"),
+        (tail, "one JSON object per line: the event as received, plus its epoch"),
+    ):
+        command.add_argument("feed", metavar="FEED", help="the feed's name")
+        command.add_argument(
+            "--url", default=DEFAULT_URL, help=f"the server's base URL (default {DEFAULT_URL})"
+        )
+        command.add_argument(
+            "--token", metavar="TOKEN", help="a publisher or reader token; default: LIVEPUSH_TOKEN"
+        )
+        command.add_argument("--json", action="store_true", help=json_help)
+    publish.add_argument(
+        "body", metavar="BODY", nargs="?", help="the entry's body; - or none: stdin"
+    )
+    publish.add_argument("--title", metavar="T", help="the entry's title")
+    publish.add_argument("--pinned", action="store_true", help="pin the entry on top")
+    publish.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key again never publishes twice (default: a new one, kept for retries)",
+    )
+    tail.add_argument(
+        "--since", metavar="N", type=_seq, help="resume after seq N (default: from now)"
+    )
+    tail.add_argument(
+        "--epoch", metavar="E", help="the epoch N belongs to (another one than the feed's: a reset)"
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
@@ -108,10 +144,43 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seq(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a seq: {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    args, extra = root.parse_known_args(argv)
+    # argparse in Python 3.11 fills an optional positional (publish's BODY) at the first
+    # run of positionals, so in `publish FEED --title T BODY` it is left over (bpo-15112).
+    # (A left-over "--word" is an unknown option, not BODY.)
+    body = extra == ["-"] or (len(extra) == 1 and not extra[0].startswith("-"))
+    if args.command == "publish" and args.body is None and body:
+        args.body = extra.pop()
+    if extra:
+        root.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "serve":
         return serve(args)
+    if args.command in ("publish", "tail"):
+        from livepush import commands
+
+        token = args.token or config.client_token()
+        if args.command == "publish":
+            return commands.publish(
+                args.url,
+                token,
+                args.feed,
+                args.body,
+                title=args.title,
+                pinned=args.pinned,
+                idempotency_key=args.idempotency_key,
+                as_json=args.json,
+            )
+        return commands.tail(
+            args.url, token, args.feed, since=args.since, epoch=args.epoch, as_json=args.json
+        )
     return 2  # pragma: no cover (argparse requires a command)
 
 

@@ -317,6 +317,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+def client_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """LIVEPUSH_TOKEN: the token `livepush publish` and `tail` send unless --token is given."""
+    return (os.environ if environ is None else environ).get("LIVEPUSH_TOKEN") or None
+
+
 def environment(flags: Mapping[str, Any]) -> dict[str, str]:
     """The LIVEPUSH_* variables saying what the set `flags` say (for worker processes)."""
     variables = {}

@@ -1,0 +1,569 @@
+"""A Python client for livepush: follow a feed's events, in seq order and each once.
+
+    async with Client("http://127.0.0.1:8000", token=token) as client:
+        entry = await client.publish("demo", "The jury is back.", title="VERDICT")
+        async for item in client.follow("demo", since=entry.seq - 1):
+            print(item)
+
+`follow()` behaves like livepush.js: it subscribes in the socket's URL (or by message
+when it holds a token, which stays out of URLs), resumes with `since` and `epoch`
+after any break, drops a duplicate, resubscribes from its last seq after a hole,
+answers `reset` by reloading the snapshot (yielding a `Reset`) and subscribing from
+its `head_seq` and `epoch`, and reconnects with exponential backoff and full jitter.
+The seq arithmetic is `Cursor`, which does no I/O; `Client` is the shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+log = logging.getLogger("livepush.client")
+
+BACKOFF_BASE = 0.5  # seconds: the first retry waits up to this (livepush.js: 500 ms)
+BACKOFF_CAP = 30.0  # seconds: no retry waits longer (livepush.js: 30 s)
+PUBLISH_ATTEMPTS = 5  # a publish gives up after this many 503s or network errors
+SNAPSHOT_LIMIT = 50  # entries a reset reloads (the server's default; at most 500)
+HTTP_TIMEOUT = 10.0  # seconds for each HTTP request, and for a WebSocket handshake
+# Answers worth the same request again: the broker is down (503), or a proxy in front
+# of livepush lost its node (502, 504). A publish retried carries the same
+# Idempotency-Key, so the server recognises it and never publishes twice.
+RETRY_STATUSES = frozenset({502, 503, 504})
+# WebSocket `error` codes that end this connection's subscription but are worth a
+# reconnect; every other one (bad_feed, unauthorized, forbidden, ...) would recur.
+RETRY_CODES = frozenset({"broker_unavailable", "rate_limited"})
+
+CREATED, UPDATED, DELETED = "entry.created", "entry.updated", "entry.deleted"
+# Messages without a seq that are not events; anything else without one is ignored.
+_CONTROL = frozenset({"subscribed", "reset", "error", "unsubscribed", "pong", "receipt"})
+
+
+class ClientError(Exception):
+    """Base of the errors this client raises."""
+
+
+class Refused(ClientError):
+    """The server refused a request: its SPEC error `code`, HTTP `status` (0 on a WebSocket)."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 0,
+        fields: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.fields: Mapping[str, str] = fields or {}
+        self.retry_after = retry_after
+
+
+class Unreachable(ClientError):
+    """No answer from the server (refused, reset, timed out) after every attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry as the server stores it (SPEC "Entry"); absent optional fields are None."""
+
+    id: str
+    seq: int
+    body: str
+    title: str | None = None
+    author: str | None = None
+    tags: tuple[str, ...] | None = None
+    pinned: bool = False
+    published_at: str | None = None
+    updated_at: str | None = None
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Entry:
+        tags = data.get("tags")
+        return cls(
+            id=str(data.get("id", "")),
+            seq=_int(data.get("seq")) or 0,
+            body=str(data.get("body", "")),
+            title=_str(data.get("title")),
+            author=_str(data.get("author")),
+            tags=tuple(str(tag) for tag in tags) if isinstance(tags, list) else None,
+            pinned=data.get("pinned") is True,
+            published_at=_str(data.get("published_at")),
+            updated_at=_str(data.get("updated_at")),
+            meta=data["meta"] if isinstance(data.get("meta"), dict) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a feed, delivered in seq order and once.
+
+    `entry` is set for entry.created and entry.updated, `id` for entry.deleted (and
+    entry.purged). A type this client does not know (feed.updated, ...) is an Event
+    too: its fields are in `message`, the event's JSON object as received.
+    """
+
+    type: str
+    feed: str
+    seq: int
+    epoch: str
+    entry: Entry | None = None
+    id: str | None = None
+    message: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The feed's history since the last seq is out of reach: replace the view.
+
+    `entries` is the reloaded snapshot's (newest first, pinned ones included);
+    events continue from `head_seq` in `epoch`. `snapshot` is its JSON as received.
+    """
+
+    feed: str
+    epoch: str
+    head_seq: int
+    entries: tuple[Entry, ...]
+    snapshot: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class State(StrEnum):
+    LIVE = "live"  # subscribed (again): events flow
+    RECONNECTING = "reconnecting"  # the connection ended; the next attempt is due in `delay`
+    RELOADING = "reloading"  # reset: the snapshot is reloaded in `delay`, then a Reset
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What a follower's connection is doing, for `on_status` (a terminal's status line)."""
+
+    state: State
+    feed: str
+    seq: int | None
+    epoch: str | None
+    reason: str = ""  # why the previous connection ended
+    delay: float = 0.0  # seconds until the next attempt
+    attempt: int = 0  # failed attempts since the last subscription
+
+
+class Action(Enum):
+    LIVE = "live"  # subscribed: the backoff starts over
+    RESUME = "resume"  # a hole, or the server let go: reconnect from the last seq
+    RELOAD = "reload"  # reset: reload the snapshot, then subscribe from its head
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    reason: str = ""
+
+
+class Cursor:
+    """One feed's position as a follower holds it, and what each message does to it.
+
+    No I/O: `receive()` takes one server message and answers an Event to hand on,
+    a Step for the shell to take, a Refused to raise, or None (nothing to do). Order
+    is arithmetic, as on the server: only `seq == last + 1` is delivered.
+    """
+
+    __slots__ = ("epoch", "feed", "needs_snapshot", "seq")
+
+    def __init__(self, feed: str, since: int | None = None, epoch: str | None = None) -> None:
+        self.feed = feed
+        self.seq = since  # the last seq handed on; None: "from now", until subscribed
+        self.epoch = epoch
+        self.needs_snapshot = False
+
+    def position(self) -> dict[str, Any]:
+        """The subscription's fields: the feed, and where to resume when known."""
+        fields: dict[str, Any] = {"feed": self.feed}
+        if self.seq is not None:
+            fields["since"] = self.seq
+        if self.epoch is not None:
+            fields["epoch"] = self.epoch
+        return fields
+
+    def receive(self, message: Mapping[str, Any]) -> Event | Step | Refused | None:
+        feed = message.get("feed")
+        if feed is not None and feed != self.feed:
+            return None
+        kind = message.get("type")
+        if kind == "subscribed":
+            if self.seq is None:
+                self.seq = _int(message.get("head_seq"))
+            self.epoch = _str(message.get("epoch")) or self.epoch
+            return Step(Action.LIVE)
+        if kind == "reset":
+            self.needs_snapshot = True
+            return Step(Action.RELOAD, f"reset to epoch {message.get('epoch')}")
+        if kind == "error":
+            code, text = str(message.get("code")), str(message.get("message", ""))
+            if code in RETRY_CODES:
+                return Step(Action.RESUME, f"{code}: {text}")
+            return Refused(code, text)
+        if kind == "unsubscribed":  # e.g. token_expired: subscribe again, missing nothing
+            return Step(Action.RESUME, f"unsubscribed: {message.get('reason')}")
+        seq = _int(message.get("seq"))
+        if kind in _CONTROL or not isinstance(kind, str) or seq is None:
+            return None  # pong, receipt, or a control message newer than this client
+        if self.seq is not None and seq <= self.seq:
+            return None  # replayed twice (a resume's seam): already handed on
+        if self.seq is not None and seq > self.seq + 1:
+            # Never hand on past a hole: the server replays it when we resume.
+            return Step(Action.RESUME, f"hole: seq {seq} after {self.seq}")
+        self.seq = seq
+        entry = message.get("entry")
+        return Event(
+            type=kind,
+            feed=self.feed,
+            seq=seq,
+            epoch=self.epoch or "",
+            entry=Entry.from_json(entry) if isinstance(entry, dict) else None,
+            id=_str(message.get("id")),
+            message=message,
+        )
+
+    def reloaded(self, snapshot: Mapping[str, Any]) -> Reset:
+        """Take the snapshot's position (its head_seq continues it exactly)."""
+        head, epoch, entries = (
+            snapshot.get("head_seq"),
+            snapshot.get("epoch"),
+            snapshot.get("entries"),
+        )
+        if _int(head) is None or not isinstance(epoch, str) or not isinstance(entries, list):
+            raise Refused("bad_snapshot", f"not a snapshot: {str(snapshot)[:200]}")
+        self.seq, self.epoch, self.needs_snapshot = _int(head), epoch, False
+        return Reset(
+            feed=self.feed,
+            epoch=epoch,
+            head_seq=self.seq or 0,
+            entries=tuple(Entry.from_json(e) for e in entries if isinstance(e, dict)),
+            snapshot=snapshot,
+        )
+
+
+def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Full jitter: a random delay in [0, min(cap, base * 2**attempt)].
+
+    Random over the whole range, so thousands of clients cut off by one restart do
+    not come back in the same instant. The exponent stops growing long before a float
+    would overflow (2.0**1024), so any attempt count is safe.
+    """
+    return random.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 64)))
+
+
+class Client:
+    """A livepush server as a Python program sees it: publish entries, follow feeds.
+
+    `url` is the server's base (http or https); `token` is a publisher token (or a
+    reader token, for private feeds): sent as `Authorization: Bearer`, and in the
+    subscribe message, never in a URL. Close it with `async with` or `aclose()`.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        token: str | None = None,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        publish_attempts: int = PUBLISH_ATTEMPTS,
+        snapshot_limit: int = SNAPSHOT_LIMIT,
+        timeout: float = HTTP_TIMEOUT,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must be http:// or https://, not {url!r}")
+        if not 0 < backoff_base <= backoff_cap:
+            raise ValueError("backoff needs 0 < backoff_base <= backoff_cap")
+        if publish_attempts < 1:
+            raise ValueError("publish_attempts must be at least 1")
+        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", ""))
+        self.ws_url = urlunsplit(
+            (
+                "wss" if parts.scheme == "https" else "ws",
+                parts.netloc,
+                parts.path.rstrip("/"),
+                "",
+                "",
+            )
+        )
+        self.token = token
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.publish_attempts = publish_attempts
+        self.snapshot_limit = snapshot_limit
+        self.timeout = timeout
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        # Every open follow() socket, so that closing the client closes them at once
+        # (a follow() left by `break` is otherwise closed only when it is collected).
+        self.sockets: set[ClientConnection] = set()
+        self.closed = asyncio.Event()  # set by aclose(): every follow() ends
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every follow()'s socket (code 1000) and the HTTP connections; follow() ends."""
+        self.closed.set()
+        for socket in list(self.sockets):
+            await socket.close()
+        await self.http.aclose()
+
+    def backoff(self, attempt: int) -> float:
+        return backoff(attempt, self.backoff_base, self.backoff_cap)
+
+    async def publish(
+        self,
+        feed: str,
+        body: str,
+        *,
+        title: str | None = None,
+        pinned: bool = False,
+        author: str | None = None,
+        tags: list[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Entry:
+        """Publish a new entry and return it as stored (with its `id` and `seq`).
+
+        A 503 (or a proxy's 502/504) or a network error is retried, up to
+        `publish_attempts` in all, with backoff and the same Idempotency-Key
+        (generated when not given): a retry of a publish that was accepted but whose
+        answer was lost gets the first answer, and nothing is published twice.
+        Raises Refused (with the SPEC code) on any other error answer, or on the last
+        503; Unreachable when the last attempt got no answer.
+        """
+        entry: dict[str, Any] = {"body": body}
+        optional = {"title": title, "author": author, "tags": tags, "meta": meta}
+        entry.update({name: value for name, value in optional.items() if value is not None})
+        if pinned:
+            entry["pinned"] = True
+        key = idempotency_key or secrets.token_urlsafe(18)
+        path = f"v1/feeds/{quote(feed, safe='')}/entries"
+        failure: ClientError = Unreachable("no attempt made")
+        for attempt in range(self.publish_attempts):
+            if attempt:
+                delay = self.backoff(attempt - 1)
+                log.warning(
+                    "publish to %s: %s; retry %d in %.2f s with the same Idempotency-Key",
+                    feed,
+                    failure,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            try:
+                response = await self.http.post(
+                    path, content=orjson.dumps(entry), headers=_json_with_key(key)
+                )
+            except httpx.TransportError as error:
+                failure = Unreachable(f"cannot reach {self.url}: {_describe(error)}")
+                continue
+            if response.is_success:
+                return Entry.from_json(_body(response))
+            failure = _refusal(response)
+            if response.status_code not in RETRY_STATUSES:
+                raise failure
+        raise failure
+
+    async def snapshot(self, feed: str, *, limit: int | None = None) -> Mapping[str, Any]:
+        """The feed as a reader sees it (`GET /v1/feeds/{feed}/snapshot`), as JSON."""
+        try:
+            response = await self.http.get(
+                f"v1/feeds/{quote(feed, safe='')}/snapshot",
+                params={"limit": limit or self.snapshot_limit},
+            )
+        except httpx.TransportError as error:
+            raise Unreachable(f"cannot reach {self.url}: {_describe(error)}") from None
+        if not response.is_success:
+            raise _refusal(response)
+        return _body(response)
+
+    async def follow(
+        self,
+        feed: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        on_status: Callable[[Status], None] | None = None,
+    ) -> AsyncIterator[Event | Reset]:
+        """Yield the feed's events after `since` (absent: from now), then live ones, forever.
+
+        Each event once and in seq order, across reconnects and server restarts; a
+        `Reset` when the server cannot continue from our position. Raises Refused when
+        the server refuses the subscription itself (bad_feed, unauthorized, forbidden,
+        ...): trying again would not help. Breaking out of the loop closes the socket.
+        """
+        cursor = Cursor(feed, since, epoch)
+        attempt = 0  # failed attempts since the last `subscribed`
+        reloads = 0  # snapshot reloads since the last `subscribed`
+
+        def report(state: State, reason: str = "", delay: float = 0.0) -> None:
+            if on_status is not None:
+                on_status(Status(state, feed, cursor.seq, cursor.epoch, reason, delay, attempt))
+
+        while not self.closed.is_set():
+            reason = "connection closed"
+            try:
+                if cursor.needs_snapshot:
+                    yield cursor.reloaded(await self.snapshot(feed))
+                async with self._connect(cursor) as socket:
+                    async for data in socket:
+                        step = cursor.receive(_message(data))
+                        if step is None:
+                            continue
+                        if isinstance(step, Event):
+                            yield step
+                        elif isinstance(step, Refused):
+                            raise step
+                        elif step.action is Action.LIVE:
+                            attempt = reloads = 0
+                            report(State.LIVE)
+                        else:
+                            reason = step.reason
+                            break
+                    else:
+                        reason = _closed(socket)
+                if self.closed.is_set():
+                    return
+            except Refused as error:
+                if error.status not in RETRY_STATUSES:
+                    raise  # the server said no to this subscription: it would again
+                reason = str(error)
+            except (ConnectionClosed, Unreachable, OSError, TimeoutError) as error:
+                reason = _describe(error)
+            except InvalidHandshake as error:
+                # A 4xx to the upgrade (an Origin not allowed, a proxy's 401/403/404)
+                # would recur; a 5xx is a node restarting behind a proxy.
+                status = error.response.status_code if isinstance(error, InvalidStatus) else 0
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise Refused(f"http_{status}", f"WebSocket upgrade refused: {error}") from None
+                reason = _describe(error)
+            # A reset reloads at once, as livepush.js does: the server answered, so the
+            # failures before it are over. Another one before a subscription waits like
+            # any failure, so two nodes that disagree about the feed cannot make us spin.
+            if cursor.needs_snapshot:
+                reloads += 1
+                attempt = 0 if reloads == 1 else attempt
+            delay = 0.0 if cursor.needs_snapshot and reloads == 1 else self.backoff(attempt)
+            attempt += 1
+            report(State.RELOADING if cursor.needs_snapshot else State.RECONNECTING, reason, delay)
+            log.info("follow %s: %s; reconnecting in %.2f s", feed, reason, delay)
+            with contextlib.suppress(TimeoutError):  # the wait, unless aclose() ends it
+                await asyncio.wait_for(self.closed.wait(), delay)
+
+    def _connect(self, cursor: Cursor) -> _Subscription:
+        return _Subscription(self, cursor)
+
+
+class _Subscription:
+    """One WebSocket holding one feed: subscribed in its URL, or by message with a token.
+
+    A reader's subscription rides in the URL (the SPEC's ?feed=&since=&epoch=): the
+    server answers the upgrade and `subscribed` in one write, a round trip sooner.
+    websockets answers the server's pings, and pings the server itself (every 20 s;
+    no pong within 20 s closes the socket), so a dead connection is noticed.
+    """
+
+    def __init__(self, client: Client, cursor: Cursor) -> None:
+        self.client, self.cursor = client, cursor
+        self.socket: ClientConnection | None = None
+
+    async def __aenter__(self) -> ClientConnection:
+        client, position = self.client, self.cursor.position()
+        in_url = client.token is None
+        url = client.ws_url + "/v1/ws" + ("?" + urlencode(position) if in_url else "")
+        # websockets' 1 MiB message limit holds any event: an entry arrives as at most
+        # 64 KiB of JSON, and its event is that and a few fields more.
+        self.socket = await connect(url, open_timeout=client.timeout)
+        client.sockets.add(self.socket)
+        if not in_url:
+            message = {"type": "subscribe", **position, "token": client.token}
+            await self.socket.send(orjson.dumps(message).decode())
+        return self.socket
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.socket is not None:
+            self.client.sockets.discard(self.socket)
+            await self.socket.close()
+
+
+def _json_with_key(key: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Idempotency-Key": key}
+
+
+def _message(data: str | bytes) -> Mapping[str, Any]:
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}  # not JSON: nothing this client can act on
+    return message if isinstance(message, dict) else {}
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise Refused("bad_response", f"{response.status_code}: not a JSON object")
+    return body
+
+
+def _refusal(response: httpx.Response) -> Refused:
+    """The SPEC's error answer as a Refused: `{"error": {"code", "message", "fields"}}`."""
+    try:
+        error = orjson.loads(response.content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if not isinstance(error, dict):  # not livepush's answer (a proxy's error page)
+        error = {"code": f"http_{response.status_code}", "message": response.reason_phrase}
+    fields = error.get("fields")
+    retry_after = response.headers.get("retry-after")
+    return Refused(
+        str(error.get("code")),
+        str(error.get("message", "")),
+        status=response.status_code,
+        fields={str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else None,
+        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+
+
+def _closed(socket: ClientConnection) -> str:
+    code, reason = socket.close_code, socket.close_reason
+    return f"connection closed ({code}{' ' + reason if reason else ''})"
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

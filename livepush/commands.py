@@ -1,0 +1,235 @@
+"""`livepush publish` and `livepush tail`: the client's answers as terminal lines or JSON lines.
+
+Exit codes: 0 done (tail: ended by Ctrl-C or SIGTERM), 1 an error (its message on
+stderr names the SPEC error code), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import unicodedata
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+import orjson
+
+from livepush.client import (
+    CREATED,
+    DELETED,
+    UPDATED,
+    Client,
+    ClientError,
+    Entry,
+    Event,
+    Refused,
+    Reset,
+    State,
+    Status,
+)
+
+OK, ERROR, USAGE = 0, 1, 2
+SHORT_TYPES = {CREATED: "created", UPDATED: "updated", DELETED: "deleted"}
+
+
+def publish(
+    url: str,
+    token: str | None,
+    feed: str,
+    body: str | None,
+    *,
+    title: str | None = None,
+    pinned: bool = False,
+    idempotency_key: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Publish one entry; print its id and seq (or the stored entry as JSON)."""
+    if body is None or body == "-":
+        # Read from a pipe or a file: the newline that ends the last line is not content.
+        body = sys.stdin.read().rstrip("\n")
+
+    async def main(client: Client) -> int:
+        entry = await client.publish(
+            feed, body, title=title, pinned=pinned, idempotency_key=idempotency_key
+        )
+        if as_json:
+            _out(orjson.dumps(_entry_json(entry)).decode())
+        else:
+            _out(f"id={entry.id} seq={entry.seq}")
+        return OK
+
+    return _run(url, token, main)
+
+
+def tail(
+    url: str,
+    token: str | None,
+    feed: str,
+    *,
+    since: int | None = None,
+    epoch: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Follow a feed until Ctrl-C: one line per event, or one JSON object per line."""
+
+    async def main(client: Client) -> int:
+        # SIGTERM ends tail as Ctrl-C does: the socket is closed with a close frame.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            async for item in client.follow(feed, since=since, epoch=epoch, on_status=_status):
+                if as_json:
+                    _out(_json_line(item))
+                else:
+                    _show(item)
+        except asyncio.CancelledError:
+            return OK
+        return OK  # pragma: no cover (follow never ends by itself)
+
+    return _run(url, token, main, interrupted=OK)
+
+
+def _run(
+    url: str,
+    token: str | None,
+    main: Callable[[Client], Awaitable[int]],
+    *,
+    interrupted: int = ERROR,
+) -> int:
+    # The client's warnings (a publish retried) go to stderr as livepush's own lines.
+    logging.basicConfig(format="livepush: %(message)s", level=logging.WARNING)
+    try:
+        client = Client(url, token=token)
+    except ValueError as error:
+        print(f"livepush: {error}", file=sys.stderr)
+        return USAGE
+
+    async def session() -> int:
+        async with client:
+            return await main(client)
+
+    try:
+        return asyncio.run(session())
+    except KeyboardInterrupt:
+        return interrupted
+    except Refused as error:
+        print(f"livepush: {_refusal(error)}", file=sys.stderr)
+        return ERROR
+    except ClientError as error:
+        print(f"livepush: {error}", file=sys.stderr)
+        return ERROR
+    except BrokenPipeError:
+        # The reader went away (`| head`): quietly, and without Python's complaint at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
+
+
+def _refusal(error: Refused) -> str:
+    status = f" ({error.status})" if error.status else ""
+    fields = "".join(f"; {name}: {why}" for name, why in error.fields.items())
+    return f"{error.code}{status}: {error.message}{fields}"
+
+
+def _out(line: str, stream: TextIO | None = None) -> None:
+    print(line, file=stream or sys.stdout, flush=True)
+
+
+def _status(status: Status) -> None:
+    where = f"seq {status.seq}" + (f" of epoch {status.epoch}" if status.epoch else "")
+    if status.state is State.LIVE:
+        line = f"following {status.feed} from {where}"
+    elif status.state is State.RELOADING:
+        line = f"{status.reason}: reloading the snapshot of {status.feed} in {status.delay:.1f} s"
+    else:
+        line = (
+            f"{status.reason}; reconnecting in {status.delay:.1f} s "
+            f"(attempt {status.attempt}, from {where})"
+        )
+    _out(f"livepush: {line}", sys.stderr)
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "seq": entry.seq,
+        "published_at": entry.published_at,
+        "updated_at": entry.updated_at,
+        "title": entry.title,
+        "body": entry.body,
+        "author": entry.author,
+        "tags": list(entry.tags) if entry.tags is not None else None,
+        "pinned": entry.pinned,
+        "meta": entry.meta,
+    }
+
+
+def _json_line(item: Event | Reset) -> str:
+    """The event as received plus its epoch; a reset as the snapshot it reloaded."""
+    if isinstance(item, Reset):
+        return orjson.dumps({"type": "reset", **item.snapshot}).decode()
+    return orjson.dumps({**item.message, "epoch": item.epoch}).decode()
+
+
+def _show(item: Event | Reset) -> None:
+    if isinstance(item, Reset):
+        _out(
+            f"livepush: {item.feed} reloaded: {len(item.entries)} entries up to seq "
+            f"{item.head_seq} of epoch {item.epoch}",
+            sys.stderr,
+        )
+        for kept in sorted(item.entries, key=lambda entry: entry.seq):
+            _out(_line(kept.updated_at, kept.seq, "snapshot", kept))
+        return
+    entry = item.entry
+    kind = SHORT_TYPES.get(item.type, item.type)
+    if entry is not None:
+        _out(_line(entry.updated_at, item.seq, kind, entry))
+    elif item.type == DELETED:
+        _out(_line(None, item.seq, kind, None, f"id {item.id}"))
+    else:  # a type this client does not know (feed.updated, ...): its other fields
+        rest = {k: v for k, v in item.message.items() if k not in ("type", "feed", "seq")}
+        _out(_line(None, item.seq, kind, None, orjson.dumps(rest).decode()))
+
+
+def _line(
+    time: str | None, seq: int, kind: str, entry: Entry | None, text: str | None = None
+) -> str:
+    """time, seq, type, title, first line of the body: one line a terminal shows whole."""
+    if entry is not None:
+        lines = entry.body.strip().splitlines()
+        text = " ".join(part for part in (entry.title, lines[0] if lines else "") if part)
+    line = f"{_clock(time)}  {seq:>6}  {kind:<8}  {_printable(text or '')}"
+    if sys.stdout.isatty():
+        width = shutil.get_terminal_size().columns
+        if len(line) > width:
+            line = line[: width - 1] + "…"
+    return line
+
+
+def _clock(rfc3339: str | None) -> str:
+    """An entry's time in local time; the time it arrived for other events."""
+    moment = datetime.now().astimezone()
+    # Not RFC 3339: the arrival time is still worth showing.
+    with contextlib.suppress(ValueError):
+        moment = datetime.fromisoformat(rfc3339 or "").astimezone()
+    return moment.strftime("%b %d %H:%M:%S")
+
+
+# Direction overrides and isolates reorder what a terminal shows ("Trojan Source").
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _printable(text: str) -> str:
+    """Untrusted text made safe for a terminal: an entry's ESC sequences could retitle
+    the window, move the cursor or hide lines, so control characters are shown escaped."""
+    return "".join(
+        ch if ch not in _BIDI and unicodedata.category(ch) != "Cc" else ascii(ch)[1:-1]
+        for ch in text
+    )
