@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 FEED_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
@@ -51,6 +51,9 @@ class Event:
     seq: int
     type: EventType
     payload: bytes
+    # When the ingest node handed the change to its broker (Unix seconds, 0: unknown),
+    # for the accept-to-socket-write histogram; not part of what the event is.
+    accepted: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from livepush.model import Change, Event, History, Published, Snapshot, StoredEntry
+from livepush.timing import Histogram
 
 IDEMPOTENCY_TTL = 24 * 3600
 
@@ -25,6 +26,30 @@ class Receipt:
     delivered: int
     nodes: int
     fanout_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    """One of the broker's pub/sub connections: the server it reaches, whether it is
+    subscribed to all it should be, and how many watched feeds it carries."""
+
+    name: str
+    connected: bool
+    feeds: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStats:
+    """What a broker counts for /metrics, read at scrape time (nothing per delivery)."""
+
+    reconnects: int = 0  # live stream connections re-established after a loss
+    resyncs: int = 0  # times every watched feed had to catch up from history
+    holes: int = 0  # gaps in a feed's live stream, filled from history
+    renewals: int = 0  # new epochs started because history lost writes
+    connect_errors: int = 0  # failed attempts to reach the broker
+    publish_errors: int = 0  # publishes answered 503
+    publish_seconds: Histogram | None = None  # how long each accepted publish took
+    shards: tuple[ShardState, ...] = ()
 
 
 class Listener(Protocol):
@@ -94,6 +119,12 @@ class Broker(Protocol):
 
     async def ready(self) -> bool:
         """Whether publishing would work now."""
+
+    def stats(self) -> BrokerStats:
+        """The broker's counters, for /metrics."""
+
+    async def report_node(self, node: str, report: bytes) -> None:
+        """Keep this node's figures (JSON) where `livepush stats` reads every node's."""
 
     async def aclose(self) -> None:
         """Stop every task and close every connection."""

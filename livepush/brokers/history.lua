@@ -1,11 +1,14 @@
 -- A feed's epoch, head and first held seq, with up to `limit` events after `since`.
 -- Creates the feed's epoch on first use, so a feed's epoch never changes while its
--- history lives, and an emptied Redis gives it a new one.
--- KEYS: meta, log    ARGV: epoch candidate, since, limit
+-- history lives, and an emptied Redis gives it a new one. Each event comes as its seq,
+-- type, JSON and accept time (Unix µs, 0 when history predates it).
+-- KEYS: meta, log    ARGV: epoch candidate, since, limit, touch ('1': write once, so
+-- that the caller's WAIT proves replicas hold all that this read saw)
 local meta, log = KEYS[1], KEYS[2]
 local since, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('HSETNX', meta, 'epoch', ARGV[1])
 local epoch = redis.call('HGET', meta, 'epoch')
+if ARGV[4] == '1' then redis.call('HSET', meta, 'epoch', epoch) end
 local head = tonumber(redis.call('HGET', meta, 'head') or '0')
 local first_seq = head + 1
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
@@ -17,6 +20,7 @@ if limit > 0 and since < head then
     out[#out + 1] = string.match(row[1], '^(%d+)')
     out[#out + 1] = row[2][2]
     out[#out + 1] = row[2][4]
+    out[#out + 1] = row[2][6] or '0'
   end
 end
 return out

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from livepush.brokers.base import IDEMPOTENCY_TTL, Listener, Receipt, new_epoch
+from livepush.brokers.base import IDEMPOTENCY_TTL, BrokerStats, Listener, Receipt, new_epoch
 from livepush.errors import Conflict, NotFound
 from livepush.history import Ring
 from livepush.model import (
@@ -20,6 +20,7 @@ from livepush.model import (
     Snapshot,
     StoredEntry,
 )
+from livepush.timing import Histogram
 from livepush.wire import event_payload, join_entry
 
 # Idempotency keys remembered per feed at most; the oldest are forgotten first.
@@ -55,6 +56,8 @@ class MemoryBroker:
         self.history_size = history_size
         self._feeds: dict[str, _Feed] = {}
         self._listener: Listener | None = None
+        self.renewals = 0
+        self.publish_seconds = Histogram()  # never waits on I/O: how long the work takes
 
     def _feed(self, name: str) -> _Feed:
         feed = self._feeds.get(name)
@@ -68,6 +71,13 @@ class MemoryBroker:
     async def publish(
         self, feed: str, change: Change, *, idempotency_key: str | None = None
     ) -> Published:
+        started = time.perf_counter()
+        try:
+            return self._publish(feed, change, idempotency_key)
+        finally:
+            self.publish_seconds.observe(time.perf_counter() - started)
+
+    def _publish(self, feed: str, change: Change, idempotency_key: str | None) -> Published:
         state = self._feed(feed)
         now = time.monotonic()
         if idempotency_key is not None:
@@ -107,6 +117,7 @@ class MemoryBroker:
             seq,
             change.type,
             event_payload(change.type, feed, seq, entry, change.entry_id),
+            time.time(),
         )
         state.history.append(event)
         published = Published(Position(state.epoch, seq), entry)
@@ -148,6 +159,7 @@ class MemoryBroker:
         state = self._feed(feed)
         if state.epoch == stale:
             state.epoch = new_epoch()
+            self.renewals += 1
         return state.epoch
 
     async def watch(self, feed: str) -> None:
@@ -169,6 +181,12 @@ class MemoryBroker:
 
     async def ready(self) -> bool:
         return True
+
+    def stats(self) -> BrokerStats:
+        return BrokerStats(renewals=self.renewals, publish_seconds=self.publish_seconds)
+
+    async def report_node(self, node: str, report: bytes) -> None:
+        return None  # one process: `livepush stats --url` reads its /metrics
 
     async def aclose(self) -> None:
         self._listener = None

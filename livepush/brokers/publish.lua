@@ -4,18 +4,34 @@
 -- KEYS: meta, log, entries, live, pinned, idempotency, channel
 -- ARGV: epoch candidate, type, entry id, feed, pinned (0/1), history size,
 --       expected entry JSON ('' for none), idempotency ttl ('' for no key),
---       publish command, entry template parts...
+--       publish command, accepted (Unix µs), defer ('1': return the pub/sub message
+--       instead of publishing it), entry template parts...
+-- Deferred (LIVEPUSH_REDIS_MIN_REPLICAS): the caller publishes the message once WAIT
+-- says enough replicas hold the write, so no subscriber sees an event a failover
+-- could lose. A retry of a deferred write (its Idempotency-Key) writes once more
+-- (rewrites the epoch) so that the caller's WAIT covers the first write too, and
+-- gets the message again: the first attempt may never have published it.
 local meta, log, entries, live, pinned, idem, channel =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local kind, id, feed, pin, size = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local expected, ttl, publish = ARGV[7], ARGV[8], ARGV[9]
+local accepted, defer = ARGV[10], ARGV[11] == '1'
 
 redis.call('HSETNX', meta, 'epoch', ARGV[1])
 local epoch = redis.call('HGET', meta, 'epoch')
 
 if ttl ~= '' then
   local prior = redis.call('GET', idem)
-  if prior then return {'duplicate', prior} end
+  if prior then
+    if not defer then return {'duplicate', prior} end
+    redis.call('HSET', meta, 'epoch', epoch)
+    local prior_epoch, prior_seq = string.match(prior, '^(%S+) (%d+)')
+    local rows = redis.call('XRANGE', log, prior_seq .. '-1', prior_seq .. '-1')
+    if prior_epoch ~= epoch or #rows == 0 then return {'duplicate', prior, ''} end
+    local f = rows[1][2]
+    return {'duplicate', prior,
+      epoch .. ' ' .. prior_seq .. ' ' .. f[2] .. ' ' .. (f[6] or '0') .. '\n' .. f[4]}
+  end
 end
 
 local created_seq = false
@@ -34,7 +50,7 @@ if kind == 'entry.deleted' then
   event = head .. '"id":"' .. id .. '"}'
 else
   local parts = {}
-  for i = 10, #ARGV do parts[#parts + 1] = ARGV[i] end
+  for i = 12, #ARGV do parts[#parts + 1] = ARGV[i] end
   entry = table.concat(parts, tostring(seq))
   event = head .. '"entry":' .. entry .. '}'
 end
@@ -43,16 +59,18 @@ end
 -- write that can fail goes first. It fails when the stream holds ids at or past this
 -- seq: history from a life of the feed whose writes were lost (a failover). That
 -- history cannot be trusted: drop it and start a new epoch, never reuse its seqs.
+local renewed = ''
 if size > 0 then
-  local added = redis.pcall('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event)
+  local added = redis.pcall(
+    'XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event, 'a', accepted)
   if type(added) == 'table' and added.err then
     if not string.find(added.err, 'equal or smaller', 1, true) then
       return redis.error_reply(added.err)  -- out of memory, say: nothing was written
     end
     redis.call('DEL', log)
     redis.call('HSET', meta, 'epoch', ARGV[1])
-    epoch = ARGV[1]
-    redis.call('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event)
+    epoch, renewed = ARGV[1], '1'
+    redis.call('XADD', log, 'MAXLEN', size, seq .. '-1', 't', kind, 'd', event, 'a', accepted)
   end
 end
 redis.call('HSET', meta, 'head', seq)
@@ -67,7 +85,11 @@ else
   if pin == '1' then redis.call('ZADD', pinned, score, id) else redis.call('ZREM', pinned, id) end
 end
 
-redis.call(publish, channel, epoch .. ' ' .. seq .. ' ' .. kind .. '\n' .. event)
+local message = epoch .. ' ' .. seq .. ' ' .. kind .. ' ' .. accepted .. '\n' .. event
+if not defer then
+  redis.call(publish, channel, message)
+  message = ''  -- published: nothing for the caller to publish after WAIT
+end
 local result = epoch .. ' ' .. seq .. '\n' .. entry
 if ttl ~= '' then redis.call('SET', idem, result, 'EX', tonumber(ttl)) end
-return {'ok', result}
+return {'ok', result, message, renewed}

@@ -1,10 +1,13 @@
 -- The feed as a reader sees it, read atomically with its head: the newest `limit`
 -- live entries created before `before`, then (first page only) every older pinned one.
--- KEYS: meta, entries, live, pinned    ARGV: epoch candidate, limit, before ('' = none)
+-- KEYS: meta, entries, live, pinned
+-- ARGV: epoch candidate, limit, before ('' = none), touch ('1': write once, so that the
+-- caller's WAIT proves replicas hold all that this read saw)
 local meta, entries, live, pinned = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit, before = tonumber(ARGV[2]), ARGV[3]
 redis.call('HSETNX', meta, 'epoch', ARGV[1])
 local epoch = redis.call('HGET', meta, 'epoch')
+if ARGV[4] == '1' then redis.call('HSET', meta, 'epoch', epoch) end
 local head = tonumber(redis.call('HGET', meta, 'head') or '0')
 local max = '+inf'
 if before ~= '' then max = '(' .. before end
