@@ -88,7 +88,7 @@ class Server:
         self.base_url = f"http://{HOST}:{self.port}"
         self.ws_url = f"ws://{HOST}:{self.port}/v1/ws"
         self.token = TOKEN
-        self.env = {"LIVEPUSH_PUBLISH_RATE": "0", "LIVEPUSH_DEMO": "0", **env}
+        self.env = {"LIVEPUSH_DEMO": "0", **env}  # publishing has no rate limit by default
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="livepush-server-", suffix=".log")[1])
 
