@@ -51,6 +51,8 @@ def publish(
 ) -> int:
     """Publish one entry; print its id and seq (or the stored entry as JSON)."""
     if body is None or body == "-":
+        if sys.stdin.isatty():
+            print("livepush: the body from stdin, ended by Ctrl-D:", file=sys.stderr)
         # Read from a pipe or a file: the newline that ends the last line is not content.
         body = sys.stdin.read().rstrip("\n")
 

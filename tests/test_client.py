@@ -22,19 +22,17 @@ from websockets.http11 import Request, Response
 
 from livepush.client import (
     BACKOFF_CAP,
-    Action,
     Client,
-    Cursor,
     Entry,
     Event,
     Refused,
     Reset,
     State,
     Status,
-    Step,
     Unreachable,
     backoff,
 )
+from livepush.cursor import Action, Cursor, Step
 from tests.support import HOST, RedisServer, Server, free_port
 
 FEED = "mock"
@@ -309,6 +307,35 @@ async def test_reconnects_back_off_up_to_the_cap_and_no_further() -> None:
     assert all(0.0 <= s.delay <= min(cap, base * 2 ** (s.attempt - 1)) for s in statuses)
 
 
+class SilentServer:
+    """Accepts connections and never answers: a hung node, or a proxy holding the line."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.held: list[asyncio.StreamWriter] = []
+
+    async def hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held.append(writer)
+
+
+async def test_a_server_that_never_answers_is_given_up_on_after_the_timeout() -> None:
+    silent = SilentServer()
+    statuses: list[Status] = []
+    async with await asyncio.start_server(silent.hold, HOST, silent.port):
+        options: dict[str, Any] = {"timeout": 0.2, "backoff_base": 0.01, "publish_attempts": 2}
+        async with Client(silent.url, **options) as client:
+            with pytest.raises(Unreachable, match="cannot reach"):
+                await client.publish("hung", "never")
+            task = asyncio.create_task(follow_into([], client, FEED, on_status=statuses.append))
+            await wait_for(lambda: len(statuses) >= 2, what="two handshakes timed out")
+            await stop(task)
+        for writer in silent.held:
+            writer.close()
+    assert len(silent.held) >= 4  # two publishes, two handshakes
+    assert all("timed out" in status.reason for status in statuses)
+
+
 # Against a real server
 
 
@@ -342,6 +369,20 @@ async def test_a_foreign_epoch_gets_a_reset_with_the_snapshot_then_live_events(
         reset.epoch,
         third,
     )
+
+
+async def test_a_reset_reloads_the_newest_entries_up_to_the_limit_and_every_pinned_one(
+    server: Server,
+) -> None:
+    async with Client(server.base_url, token=server.token, snapshot_limit=2) as client:
+        await client.publish("long", "the oldest, pinned", pinned=True)
+        for body in ("second", "third", "fourth"):
+            await client.publish("long", body)
+        items = await take(client, 1, feed="long", since=4, epoch="another-life")
+    (reset,) = items
+    assert isinstance(reset, Reset)
+    assert [entry.body for entry in reset.entries] == ["fourth", "third", "the oldest, pinned"]
+    assert reset.head_seq == 4
 
 
 async def test_redis_restart_without_persistence_resets_to_the_new_life(
