@@ -253,7 +253,9 @@ class Client:
         Each event once and in seq order, across reconnects and server restarts; a
         `Reset` when the server cannot continue from our position. Raises Refused when
         the server refuses the subscription itself (bad_feed, unauthorized, forbidden,
-        ...): trying again would not help. Breaking out of the loop closes the socket.
+        ...): trying again would not help. Leaving the client closes the socket (a loop
+        left by `break` closes it when the generator is collected, or at once inside
+        `contextlib.aclosing`).
         """
         cursor = Cursor(feed, since, epoch)
         attempt = 0  # failed attempts since the last `subscribed`
@@ -268,7 +270,7 @@ class Client:
             try:
                 if cursor.needs_snapshot:
                     yield cursor.reloaded(await self.snapshot(feed))
-                async with self._connect(cursor) as socket:
+                async with self._subscribed(cursor) as socket:
                     async for data in socket:
                         step = cursor.receive(_message(data))
                         if step is None:
@@ -313,40 +315,30 @@ class Client:
             with contextlib.suppress(TimeoutError):  # the wait, unless aclose() ends it
                 await asyncio.wait_for(self.closed.wait(), delay)
 
-    def _connect(self, cursor: Cursor) -> _Subscription:
-        return _Subscription(self, cursor)
+    @contextlib.asynccontextmanager
+    async def _subscribed(self, cursor: Cursor) -> AsyncIterator[ClientConnection]:
+        """One WebSocket holding one feed: subscribed in its URL, or by message with a token.
 
-
-class _Subscription:
-    """One WebSocket holding one feed: subscribed in its URL, or by message with a token.
-
-    A reader's subscription rides in the URL (the SPEC's ?feed=&since=&epoch=): the
-    server answers the upgrade and `subscribed` in one write, a round trip sooner.
-    websockets answers the server's pings, and pings the server itself (every 20 s;
-    no pong within 20 s closes the socket), so a dead connection is noticed.
-    """
-
-    def __init__(self, client: Client, cursor: Cursor) -> None:
-        self.client, self.cursor = client, cursor
-        self.socket: ClientConnection | None = None
-
-    async def __aenter__(self) -> ClientConnection:
-        client, position = self.client, self.cursor.position()
-        in_url = client.token is None
-        url = client.ws_url + "/v1/ws" + ("?" + urlencode(position) if in_url else "")
+        A reader's subscription rides in the URL (the SPEC's ?feed=&since=&epoch=): the
+        server answers the upgrade and `subscribed` in one write, a round trip sooner.
+        websockets answers the server's pings, and pings the server itself (every 20 s;
+        no pong within 20 s closes the socket), so a dead connection is noticed.
+        """
+        position = cursor.position()
+        in_url = self.token is None
+        url = self.ws_url + "/v1/ws" + ("?" + urlencode(position) if in_url else "")
         # websockets' 1 MiB message limit holds any event: an entry arrives as at most
         # 64 KiB of JSON, and its event is that and a few fields more.
-        self.socket = await connect(url, open_timeout=client.timeout)
-        client.sockets.add(self.socket)
-        if not in_url:
-            message = {"type": "subscribe", **position, "token": client.token}
-            await self.socket.send(orjson.dumps(message).decode())
-        return self.socket
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.socket is not None:
-            self.client.sockets.discard(self.socket)
-            await self.socket.close()
+        socket = await connect(url, open_timeout=self.timeout)
+        self.sockets.add(socket)
+        try:
+            if not in_url:
+                message = {"type": "subscribe", **position, "token": self.token}
+                await socket.send(orjson.dumps(message).decode())
+            yield socket
+        finally:
+            self.sockets.discard(socket)
+            await socket.close()
 
 
 def _json_with_key(key: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -50,23 +51,26 @@ def publish(
     as_json: bool = False,
 ) -> int:
     """Publish one entry; print its id and seq (or the stored entry as JSON)."""
-    if body is None or body == "-":
-        if sys.stdin.isatty():
-            print("livepush: the body from stdin, ended by Ctrl-D:", file=sys.stderr)
-        # Read from a pipe or a file: the newline that ends the last line is not content.
-        body = sys.stdin.read().rstrip("\n")
+    # Chosen here rather than by the client, so that an interrupted publish can be
+    # retried by hand without publishing twice.
+    key = idempotency_key or secrets.token_urlsafe(18)
 
     async def main(client: Client) -> int:
-        entry = await client.publish(
-            feed, body, title=title, pinned=pinned, idempotency_key=idempotency_key
-        )
+        text = body
+        if text is None or text == "-":
+            if sys.stdin.isatty():
+                print("livepush: the body from stdin, ended by Ctrl-D:", file=sys.stderr)
+            # From a pipe or a file: the newline that ends the last line is not content.
+            text = sys.stdin.read().rstrip("\n")
+        entry = await client.publish(feed, text, title=title, pinned=pinned, idempotency_key=key)
         if as_json:
             _out(orjson.dumps(_entry_json(entry)).decode())
         else:
             _out(f"id={entry.id} seq={entry.seq}")
         return OK
 
-    return _run(url, token, main)
+    interrupted = f"interrupted: perhaps published; to retry, --idempotency-key {key}"
+    return _run(url, token, main, interrupted=(ERROR, interrupted))
 
 
 def tail(
@@ -95,7 +99,7 @@ def tail(
             return OK
         return OK  # pragma: no cover (follow never ends by itself)
 
-    return _run(url, token, main, interrupted=OK)
+    return _run(url, token, main, interrupted=(OK, ""))
 
 
 def _run(
@@ -103,8 +107,9 @@ def _run(
     token: str | None,
     main: Callable[[Client], Awaitable[int]],
     *,
-    interrupted: int = ERROR,
+    interrupted: tuple[int, str],
 ) -> int:
+    """Run `main` with a client: its exit code, or the error's (told on stderr)."""
     # The client's warnings (a publish retried) go to stderr as livepush's own lines.
     logging.basicConfig(format="livepush: %(message)s", level=logging.WARNING)
     try:
@@ -120,7 +125,10 @@ def _run(
     try:
         return asyncio.run(session())
     except KeyboardInterrupt:
-        return interrupted
+        code, message = interrupted
+        if message:
+            print(f"livepush: {message}", file=sys.stderr)
+        return code
     except Refused as error:
         print(f"livepush: {_refusal(error)}", file=sys.stderr)
         return ERROR
@@ -136,7 +144,7 @@ def _run(
 def _refusal(error: Refused) -> str:
     status = f" ({error.status})" if error.status else ""
     fields = "".join(f"; {name}: {why}" for name, why in error.fields.items())
-    return f"{error.code}{status}: {error.message}{fields}"
+    return f"{error.code}{status}" + (f": {error.message}" if error.message else "") + fields
 
 
 def _out(line: str, stream: TextIO | None = None) -> None:

@@ -59,7 +59,7 @@ class Entry:
     pinned: bool = False
     published_at: str | None = None
     updated_at: str | None = None
-    meta: Mapping[str, Any] | None = field(default=None, compare=False)
+    meta: Mapping[str, Any] | None = field(default=None, hash=False)  # free-form JSON
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Entry:
@@ -93,6 +93,7 @@ class Event:
     epoch: str
     entry: Entry | None = None
     id: str | None = None
+    # Not compared: within one epoch, the seq names the event.
     message: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -112,6 +113,8 @@ class Reset:
 
 
 class Action(Enum):
+    """What the shell does after a message."""
+
     LIVE = "live"  # subscribed: the backoff starts over
     RESUME = "resume"  # a hole, or the server let go: reconnect from the last seq
     RELOAD = "reload"  # reset: reload the snapshot, then subscribe from its head
@@ -119,17 +122,14 @@ class Action(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """An Action, and why (for the status line)."""
+
     action: Action
     reason: str = ""
 
 
 class Cursor:
-    """One feed's position as a follower holds it, and what each message does to it.
-
-    No I/O: `receive()` takes one server message and answers an Event to hand on,
-    a Step for the shell to take, a Refused to raise, or None (nothing to do). Order
-    is arithmetic, as on the server: only `seq == last + 1` is delivered.
-    """
+    """One feed's position as a follower holds it: the last seq handed on, its epoch."""
 
     __slots__ = ("epoch", "feed", "needs_snapshot", "seq")
 
@@ -191,17 +191,17 @@ class Cursor:
     def reloaded(self, snapshot: Mapping[str, Any]) -> Reset:
         """Take the snapshot's position (its head_seq continues it exactly)."""
         head, epoch, entries = (
-            snapshot.get("head_seq"),
+            _int(snapshot.get("head_seq")),
             snapshot.get("epoch"),
             snapshot.get("entries"),
         )
-        if _int(head) is None or not isinstance(epoch, str) or not isinstance(entries, list):
+        if head is None or not isinstance(epoch, str) or not isinstance(entries, list):
             raise Refused("bad_snapshot", f"not a snapshot: {str(snapshot)[:200]}")
-        self.seq, self.epoch, self.needs_snapshot = _int(head), epoch, False
+        self.seq, self.epoch, self.needs_snapshot = head, epoch, False
         return Reset(
             feed=self.feed,
             epoch=epoch,
-            head_seq=self.seq or 0,
+            head_seq=head,
             entries=tuple(Entry.from_json(e) for e in entries if isinstance(e, dict)),
             snapshot=snapshot,
         )
