@@ -8,7 +8,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -148,6 +148,19 @@ async def editor_page(request: Request) -> Response:
     return HTMLResponse(render_editor(asset_version=__version__, nonce=nonce), headers=headers)
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def by_method(**endpoints: Endpoint) -> Endpoint:
+    """One endpoint for a path whose methods have their own handlers (HEAD: GET's)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
+
+
 class NoSniff:
     """ASGI middleware: `X-Content-Type-Options: nosniff` on every HTTP response, so a
     browser never runs a JSON body or an entry's text as a script or a page."""
@@ -217,10 +230,17 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         Route("/v1/openapi.json", docs.openapi_json),
         Route("/v1/asyncapi.json", docs.asyncapi_json),
         Route("/v1/feeds/{feed}", feeds.feed_info),
-        Route("/v1/feeds/{feed}/entries", feeds.feed_history, methods=["GET"]),
-        Route("/v1/feeds/{feed}/entries", ingest.create_entry, methods=["POST"]),
-        Route("/v1/feeds/{feed}/entries/{entry_id}", ingest.update_entry, methods=["PATCH"]),
-        Route("/v1/feeds/{feed}/entries/{entry_id}", ingest.delete_entry, methods=["DELETE"]),
+        # One route per path, so a 405 lists every method of the path in `Allow`.
+        Route(
+            "/v1/feeds/{feed}/entries",
+            by_method(GET=feeds.feed_history, POST=ingest.create_entry),
+            methods=["GET", "POST"],
+        ),
+        Route(
+            "/v1/feeds/{feed}/entries/{entry_id}",
+            by_method(PATCH=ingest.update_entry, DELETE=ingest.delete_entry),
+            methods=["PATCH", "DELETE"],
+        ),
         Route("/v1/feeds/{feed}/snapshot", feeds.feed_snapshot),
         Route("/v1/feeds/{feed}/events", feeds.feed_events),
         WebSocketRoute("/v1/ws", websocket_endpoint),

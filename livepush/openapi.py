@@ -20,6 +20,7 @@ from livepush.wire import MAX_SEQ
 FEED_PATTERN = "^[a-z0-9][a-z0-9._-]{0,127}$"
 ENTRY_ID_PATTERN = "^[0-9A-Za-z]{1,64}$"
 # Printable ASCII without spaces at either end (an HTTP header's value is trimmed).
+LAST_EVENT_ID_PATTERN = "^(([!-~]*:)?[0-9]{1,15})?$"
 IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]{0,198}[!-~])?$"
 
 
@@ -150,6 +151,38 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 def _content(media_type: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+def _document(kind: str) -> dict[str, Any]:
+    return {
+        "description": kind,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+
+
+# One Server-Sent Event (OpenAPI 3.1: the schema of an event stream describes each
+# event); its `data` is the message's JSON, as in /v1/asyncapi.json.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {
+            "enum": [
+                "subscribed",
+                "entry.created",
+                "entry.updated",
+                "entry.deleted",
+                "entry.purged",
+                "feed.updated",
+                "reset",
+                "receipt",
+                "unsubscribed",
+            ]
+        },
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "pattern": "^[^:]*:[0-9]+$"},
+    },
+}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -294,7 +327,10 @@ def _paths() -> dict[str, Any]:
                 "events",
                 "The feed as Server-Sent Events (messages: /v1/asyncapi.json)",
                 {
-                    "200": _content("text/event-stream", "the stream, until the server ends it"),
+                    "200": {
+                        "description": "the stream, until the server ends it",
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+                    },
                     "400": {
                         "description": BAD_SINCE[1],
                         "content": {"application/json": {"schema": _error_schema((BAD_SINCE[0],))}},
@@ -304,7 +340,12 @@ def _paths() -> dict[str, Any]:
                 parameters=[
                     SINCE,
                     EPOCH,
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
+                        "description": "`<epoch>:<seq>` as the stream's ids (or a bare seq)",
+                    },
                 ],
                 security=READ_SECURITY,
             ),
@@ -363,15 +404,11 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/v1/openapi.json": {
-            "get": _operation(
-                "openapi", "This document", {"200": _content("application/json", "OpenAPI 3.1")}
-            )
+            "get": _operation("openapi", "This document", {"200": _document("OpenAPI 3.1")})
         },
         "/v1/asyncapi.json": {
             "get": _operation(
-                "asyncapi",
-                "The WebSocket and SSE messages",
-                {"200": _content("application/json", "AsyncAPI 3")},
+                "asyncapi", "The WebSocket and SSE messages", {"200": _document("AsyncAPI 3")}
             )
         },
     }
