@@ -34,6 +34,7 @@ from livepush.pages import page_headers, render_editor, render_reader
 from livepush.runtime import Runtime, runtime_of
 from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.fastws import FastPath
+from livepush.transports.sse import feed_events
 from livepush.transports.uvicorn import LivepushHttpProtocol
 from livepush.transports.ws import FastHandshake, websocket_endpoint
 
@@ -242,7 +243,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             methods=["PATCH", "DELETE"],
         ),
         Route("/v1/feeds/{feed}/snapshot", feeds.feed_snapshot),
-        Route("/v1/feeds/{feed}/events", feeds.feed_events),
+        Route("/v1/feeds/{feed}/events", feed_events),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
     # Reads and event streams may be used from any page the Origin allow-list admits

@@ -17,7 +17,7 @@ import sys
 import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 
@@ -64,7 +64,7 @@ def publish(
             text = sys.stdin.read().rstrip("\n")
         entry = await client.publish(feed, text, title=title, pinned=pinned, idempotency_key=key)
         if as_json:
-            _out(orjson.dumps(_entry_json(entry)).decode())
+            _out(orjson.dumps(entry.data).decode())
         else:
             _out(f"id={entry.id} seq={entry.seq}")
         return OK
@@ -165,21 +165,6 @@ def _status(status: Status) -> None:
     _out(f"livepush: {line}", sys.stderr)
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "seq": entry.seq,
-        "published_at": entry.published_at,
-        "updated_at": entry.updated_at,
-        "title": entry.title,
-        "body": entry.body,
-        "author": entry.author,
-        "tags": list(entry.tags) if entry.tags is not None else None,
-        "pinned": entry.pinned,
-        "meta": entry.meta,
-    }
-
-
 def _json_line(item: Event | Reset) -> str:
     """The event as received plus its epoch; a reset as the snapshot it reloaded."""
     if isinstance(item, Reset):
@@ -188,6 +173,7 @@ def _json_line(item: Event | Reset) -> str:
 
 
 def _show(item: Event | Reset) -> None:
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     if isinstance(item, Reset):
         _out(
             f"livepush: {item.feed} reloaded: {len(item.entries)} entries up to seq "
@@ -195,32 +181,35 @@ def _show(item: Event | Reset) -> None:
             sys.stderr,
         )
         for kept in sorted(item.entries, key=lambda entry: entry.seq):
-            _out(_line(kept.updated_at, kept.seq, "snapshot", kept))
+            _out(line(kept.updated_at, kept.seq, "snapshot", _summary(kept), width))
         return
     entry = item.entry
     kind = SHORT_TYPES.get(item.type, item.type)
     if entry is not None:
-        _out(_line(entry.updated_at, item.seq, kind, entry))
+        _out(line(entry.updated_at, item.seq, kind, _summary(entry), width))
     elif item.type == DELETED:
-        _out(_line(None, item.seq, kind, None, f"id {item.id}"))
+        _out(line(None, item.seq, kind, f"id {item.id}", width))
     else:  # a type this client does not know (feed.updated, ...): its other fields
         rest = {k: v for k, v in item.message.items() if k not in ("type", "feed", "seq")}
-        _out(_line(None, item.seq, kind, None, orjson.dumps(rest).decode()))
+        _out(line(None, item.seq, kind, orjson.dumps(rest).decode(), width))
 
 
-def _line(
-    time: str | None, seq: int, kind: str, entry: Entry | None, text: str | None = None
-) -> str:
-    """time, seq, type, title, first line of the body: one line a terminal shows whole."""
-    if entry is not None:
-        lines = entry.body.strip().splitlines()
-        text = " ".join(part for part in (entry.title, lines[0] if lines else "") if part)
-    line = f"{_clock(time)}  {seq:>6}  {kind:<8}  {_printable(text or '')}"
-    if sys.stdout.isatty():
-        width = shutil.get_terminal_size().columns
-        if len(line) > width:
-            line = line[: width - 1] + "…"
-    return line
+def _summary(entry: Entry) -> str:
+    """The title and the body's first line."""
+    lines = entry.body.strip().splitlines()
+    return " ".join(part for part in (entry.title, lines[0] if lines else "") if part)
+
+
+def line(time: str | None, seq: int, kind: str, text: str, width: int | None = None) -> str:
+    """time, seq, type, then `text` (untrusted: made printable), cut to `width` if given.
+
+    Cost: the width counts characters, not terminal columns, so a line of wide
+    characters (CJK, emoji) may still wrap.
+    """
+    shown = f"{_clock(time)}  {seq:>6}  {kind:<8}  {printable(text)}"
+    if width is not None and len(shown) > width:
+        shown = shown[: width - 1] + "…"
+    return shown
 
 
 def _clock(rfc3339: str | None) -> str:
@@ -236,7 +225,7 @@ def _clock(rfc3339: str | None) -> str:
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Untrusted text made safe for a terminal: an entry's ESC sequences could retitle
     the window, move the cursor or hide lines, so control characters are shown escaped."""
     return "".join(

@@ -60,6 +60,8 @@ class Entry:
     published_at: str | None = None
     updated_at: str | None = None
     meta: Mapping[str, Any] | None = field(default=None, hash=False)  # free-form JSON
+    # The entry's JSON as received, with any field newer than this client.
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Entry:
@@ -75,6 +77,7 @@ class Entry:
             published_at=_str(data.get("published_at")),
             updated_at=_str(data.get("updated_at")),
             meta=data["meta"] if isinstance(data.get("meta"), dict) else None,
+            data=data,
         )
 
 

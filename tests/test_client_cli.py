@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import orjson
 
+from livepush.commands import line, printable
 from tests.support import RedisServer, Server, apost
 
 LIVEPUSH = str(Path(sys.executable).parent / "livepush")  # .venv/bin/livepush
-TIMEOUT = 30.0
+TIMEOUT = 60.0  # a bound for a loaded machine (backoff after a restart grows with its downtime)
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -215,3 +216,19 @@ async def test_usage_errors_exit_2() -> None:
         code, _, err = await livepush(*args)
         assert code == 2, args
         assert "livepush" in err
+
+
+def test_a_line_is_cut_to_the_terminal_width() -> None:
+    shown = line("2024-11-14T10:02:03.000Z", 7, "created", "word " * 50, width=60)
+    assert len(shown) == 60
+    assert shown.endswith("word…")
+    assert line(None, 7, "created", "short", width=60).endswith("      7  created   short")
+
+
+def test_control_and_direction_characters_are_shown_escaped_joiners_kept() -> None:
+    # ESC sequences (clear, retitle), a bell, and a right-to-left override that would
+    # reorder what the terminal shows; a zero-width joiner inside an emoji is text.
+    text = "a\x1b]0;owned\x07b\x1b[2J\u202etxt.exe \U0001f469\u200d\U0001f52c"
+    assert printable(text) == (
+        "a\\x1b]0;owned\\x07b\\x1b[2J\\u202etxt.exe \U0001f469\u200d\U0001f52c"
+    )

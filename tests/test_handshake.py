@@ -10,14 +10,17 @@ import hashlib
 import os
 import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
+import httpx
 import orjson
 import pytest
 import websockets
 
 from livepush.transports.fastws import Upgrades
-from tests.support import HOST, Server
+from tests.support import HOST, Server, free_port, wait_until
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -278,3 +281,38 @@ def test_the_negotiation_cache_stays_bounded_and_answers_alike_past_its_bound() 
         assert len(extensions) == 1  # deflate negotiated every time
         assert len(upgrades._negotiated) <= Upgrades.CACHE
     assert len(answers) == 1  # the same 101 whether cached or not
+
+
+@pytest.fixture
+def plain_uvicorn() -> Iterator[str]:
+    """livepush's app under uvicorn's own protocols (not `livepush serve`): its base URL."""
+    port = free_port()
+    env = {**os.environ, "LIVEPUSH_PUBLISH_TOKENS": "t", "LIVEPUSH_DEMO": "0"}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "livepush.app:app_from_environment"]
+    command += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    base_url = f"http://{HOST}:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, "uvicorn exited"
+        try:
+            return httpx.get(base_url + "/healthz", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 20, "plain uvicorn to answer")
+        yield base_url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+async def test_under_another_server_the_websocket_route_refuses_with_a_clear_501(
+    plain_uvicorn: str,
+) -> None:
+    url = plain_uvicorn.replace("http://", "ws://") + "/v1/ws?feed=hs"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url)
+    assert refused.value.response.status_code == 501
+    assert b"livepush serve" in refused.value.response.body

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import httpx
 import orjson
+import pytest
 
 from tests.support import HOST, RedisServer, Server, apost, wait_until
 from tests.test_slow_subscriber import BODY, metric
@@ -147,3 +149,85 @@ async def test_an_sse_reader_that_stops_reading_is_cut_off(
     assert metric(server, "livepush_slow_subscribers_closed_total") == 1
     assert metric(server, "livepush_subscriptions") == 0
     sock.close()
+
+
+def chunks_of(body: bytes) -> tuple[list[bytes], bytes]:
+    """A chunked body's chunks up to its terminating chunk, and any bytes after it."""
+    chunks: list[bytes] = []
+    while True:
+        size_line, crlf, body = body.partition(b"\r\n")
+        assert crlf, f"no whole chunk-size line in {body[:40]!r}"
+        size = int(size_line, 16)
+        data, end, body = body[:size], body[size : size + 2], body[size + 2 :]
+        assert end == b"\r\n", f"chunk of {size} bytes not followed by CRLF"
+        if size == 0:
+            return chunks, body
+        chunks.append(data)
+
+
+async def open_stream(
+    server: Server, feed: str = FEED
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection whose event stream's head has been read and checked."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(f"GET /v1/feeds/{feed}/events HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\ntransfer-encoding: chunked\r\n" in head
+    return reader, writer
+
+
+async def test_on_sigterm_a_stream_is_one_chunked_response_that_ends_with_its_last_chunk(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    reader, writer = await open_stream(server)
+    received = await asyncio.wait_for(reader.readuntil(b"event: subscribed"), 10)
+    code = await asyncio.to_thread(server.stop)
+    received += await asyncio.wait_for(reader.read(), 10)  # until the server closes
+    chunks, after = chunks_of(received)
+    assert after == b""  # the last chunk, then the connection closed: nothing else
+    assert [chunk.split(b"\n")[0] for chunk in chunks] == [b": livepush", b"event: subscribed"]
+    assert code in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log.read_text()
+    writer.close()
+
+
+@pytest.mark.parametrize("allowed", [None, "https://news.example"])
+def test_a_stream_head_carries_what_the_middleware_adds_to_every_response(
+    start_server: Callable[..., Server], allowed: str | None
+) -> None:
+    # The stream's head is written by livepush, past app.py's middleware: whatever the
+    # middleware adds to other responses (CORS, nosniff) must be there too.
+    server = start_server(**({"LIVEPUSH_ALLOWED_ORIGINS": allowed} if allowed else {}))
+    origin = {"Origin": "https://news.example"}
+    snapshot = httpx.get(f"{server.base_url}/v1/feeds/{FEED}/snapshot", headers=origin)
+    with httpx.stream("GET", f"{server.base_url}/v1/feeds/{FEED}/events", headers=origin) as sse:
+        stream_headers = sse.headers
+    own = {"content-length", "content-type", "cache-control", "date"}
+    expected = {name: value for name, value in snapshot.headers.items() if name not in own}
+    assert "access-control-allow-origin" in expected  # the comparison compares something
+    assert {name: stream_headers.get(name) for name in expected} == expected
+    assert "date" in stream_headers
+
+
+async def test_a_stream_ended_by_a_broker_outage_leaves_its_connection_to_the_next_request(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(redis_server.url)
+    redis_server.stop()
+    reader, writer = await open_stream(server, "outage-sse")
+    body = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 30)
+    chunks, _ = chunks_of(body)
+    assert b"broker unavailable" in chunks[-1]
+    # uvicorn was told the response is complete: keep-alive goes on.
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    writer.close()
+
+
+def test_a_head_request_gets_the_stream_headers_without_a_stream(server: Server) -> None:
+    response = httpx.head(f"{server.base_url}/v1/feeds/{FEED}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")

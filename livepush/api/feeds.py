@@ -7,10 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from livepush.api.ingest import feed_of
-from livepush.errors import BadSince, Forbidden, InvalidEntry
+from livepush.errors import BadSince, InvalidEntry
 from livepush.model import Snapshot
 from livepush.runtime import runtime_of
-from livepush.transports.sse import EventStream, parse_position
 from livepush.wire import MAX_SEQ, parse_since
 
 HISTORY_LIMIT, HISTORY_MAX = 100, 1000
@@ -113,14 +112,3 @@ async def feed_snapshot(request: Request) -> Response:
     before = int_param(request, "before", None, 1, MAX_SEQ)
     snapshot = await runtime.broker.snapshot(feed, limit, before)
     return _json(snapshot_body(snapshot), private)
-
-
-async def feed_events(request: Request) -> EventStream:
-    """`GET /v1/feeds/{feed}/events`: the feed as Server-Sent Events."""
-    runtime = runtime_of(request)
-    feed = feed_of(request)
-    if not runtime.origin_allowed(request.headers.get("origin")):
-        raise Forbidden("this origin may not subscribe")
-    since, epoch = parse_position(request)
-    runtime.gc.opened()
-    return EventStream(runtime.hub, runtime.sse_streams, feed, since, epoch)

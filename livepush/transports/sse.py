@@ -1,60 +1,138 @@
-"""The Server-Sent Events transport: a chunked response the hub writes straight into."""
+"""Server-Sent Events: a chunked response livepush writes itself, from its head to its last chunk.
+
+The hub writes each event's chunk, built once, straight to every stream's transport;
+ASGI's `send` would be a coroutine per event per reader. So the whole response goes
+one way: Starlette routes the request and answers its errors, then this module writes
+the status line, the headers, every chunk and the terminating chunk, and the HTTP
+protocol (`StreamHost`, in transports/uvicorn.py) tells uvicorn where the response
+stands. Its cost: HTTP/1.1 only (EventSource always is), and what app.py's middleware
+adds to every response (CORS: `cors_origin`; nosniff) is written here again, since the
+head never passes through it (tests/test_sse.py compares the heads).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from email.utils import formatdate
+from typing import Any, Protocol
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from livepush.errors import BadPosition, BadSince, BrokerUnavailable, NotFound
+from livepush.api.ingest import feed_of
+from livepush.errors import BadPosition, BadSince, BrokerUnavailable, Forbidden, NotFound
 from livepush.hub import Format, Hub, sse_comment, sse_control
 from livepush.model import CloseCode
-from livepush.runtime import SseStream
-from livepush.transports.uvicorn import TRANSPORT_EXTENSION
+from livepush.runtime import SseStream, runtime_of
+from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.wire import parse_since
 
 log = logging.getLogger("livepush.sse")
 
-KEEPALIVE = b"keep-alive"
+# The scope extension through which uvicorn's HTTP protocol hosts an event stream.
+TRANSPORT_EXTENSION = "livepush.transport"
+
+HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache, no-transform",
+    "x-accel-buffering": "no",  # nginx: do not buffer the stream
+    "x-content-type-options": "nosniff",  # app.py's NoSniff adds it to every other response
+}
+FIRST_CHUNK = sse_comment(b"livepush")  # leaves with the head: the stream is open
+KEEPALIVE_CHUNK = sse_comment(b"keep-alive")
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class StreamHost(Protocol):
+    """What an event stream needs from the HTTP connection it answers."""
+
+    def take_response(self, stream: SseSocket) -> asyncio.Transport:
+        """livepush writes this request's response itself; `stream` hears of the
+        server's shutdown (`shutdown()`) and of the connection's loss."""
+
+    def end_response(self) -> bool:
+        """The response's last byte is written; True if the connection now closes
+        (no keep-alive: the server is stopping, or the client asked for close)."""
+
+
+class SseSocket:
+    """An event stream on its HTTP connection; implements `base.Socket`.
+
+    Reads nothing: the host tells it when the reader is gone (`connection_lost`).
+    """
+
+    __slots__ = ("_abort", "_host", "buffered", "ended", "transport", "write")
+
+    def __init__(self, host: StreamHost, head: bytes) -> None:
+        transport = self.transport = host.take_response(self)
+        self._host = host
+        self.write = transport.write
+        self.buffered = transport.get_write_buffer_size
+        # Done when the stream ends: closed by livepush, or the reader left.
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._abort: asyncio.TimerHandle | None = None
+        transport.write(head)
+
+    @property
+    def closing(self) -> bool:
+        return self.ended.done() or self.transport.is_closing()
+
+    def keepalive(self) -> None:
+        """A comment chunk: proxies and EventSource see the idle stream is alive."""
+        if not self.closing:
+            self.write(KEEPALIVE_CHUNK)
+
+    def close(self, code: CloseCode) -> None:
+        """End the stream: its last chunk, then keep-alive as after any response.
+
+        SSE has no close codes: EventSource reconnects with Last-Event-ID. 1013 (too
+        slow) aborts at once, so nothing waits behind unread data; a connection that
+        closes after the last chunk (drain) is aborted if the reader has not taken it
+        within ABORT_AFTER.
+        """
+        if self.ended.done():
+            return
+        self.ended.set_result(None)
+        transport = self.transport
+        if code is CloseCode.TRY_AGAIN_LATER:
+            transport.abort()
+        elif not transport.is_closing():
+            transport.write(LAST_CHUNK)
+        if self._host.end_response() and transport.get_write_buffer_size():
+            self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, transport.abort)
+
+    def shutdown(self) -> None:
+        """The server is stopping: end at once, so the reader reconnects elsewhere."""
+        self.close(CloseCode.SERVICE_RESTART)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 class SseConnection:
-    """An SSE response as the hub sees it: pre-built chunks go straight to the transport.
-
-    Its cost: the response must be HTTP/1.1 chunked (EventSource always is), since
-    the chunk framing is built once per event and shared by every reader.
-    """
+    """An event stream as the hub sees it: pre-built chunks go straight to the transport."""
 
     format = Format.SSE
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self.write = transport.write
-        self.buffered = transport.get_write_buffer_size
-        self.closed = asyncio.get_running_loop().create_future()
+    __slots__ = ("_socket", "buffered", "write")
+
+    def __init__(self, socket: Socket) -> None:
+        self._socket = socket
+        self.write = socket.write
+        self.buffered = socket.buffered
 
     def send(self, kind: str, message: dict[str, Any]) -> None:
-        if not self._transport.is_closing():
+        if not self._socket.closing:
             self.write(sse_control(kind, message))
 
-    def keepalive(self) -> None:
-        if not self._transport.is_closing():
-            self.write(sse_comment(KEEPALIVE))
-
     def close(self, code: CloseCode) -> None:
-        """End the stream; a reader cut off as too slow is aborted, not flushed.
-
-        SSE has no close codes: 1013 (too slow) aborts the connection at once, so
-        nothing waits behind unread data; other codes end the response cleanly and
-        EventSource reconnects with Last-Event-ID.
-        """
-        if code is CloseCode.TRY_AGAIN_LATER:
-            self._transport.abort()
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._socket.close(code)
 
 
 def parse_position(request: Request) -> tuple[int | None, str | None]:
@@ -79,59 +157,78 @@ def parse_position(request: Request) -> tuple[int | None, str | None]:
         ) from None
 
 
+def cors_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:
+    """The Access-Control-Allow-Origin app.py's CORSMiddleware gives a simple GET:
+    `*` without an allow-list, the Origin itself when listed, else none."""
+    if origin is None:
+        return None
+    if not allowed or "*" in allowed:
+        return "*"
+    return origin if origin in allowed else None
+
+
+def stream_head(origin: str | None) -> bytes:
+    """The status line and headers, as uvicorn and the CORS middleware would write them."""
+    lines = [f"date: {formatdate(usegmt=True)}"]
+    lines += [f"{name}: {value}" for name, value in HEADERS.items()]
+    if origin is not None:
+        lines.append(f"access-control-allow-origin: {origin}")
+    lines += ["vary: Origin", "transfer-encoding: chunked"]
+    return b"HTTP/1.1 200 OK\r\n" + "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n"
+
+
+async def feed_events(request: Request) -> Response | EventStream:
+    """`GET /v1/feeds/{feed}/events`: the feed as Server-Sent Events."""
+    runtime = runtime_of(request)
+    feed = feed_of(request)
+    origin = request.headers.get("origin")
+    if not runtime.origin_allowed(origin):
+        raise Forbidden("this origin may not subscribe")
+    since, epoch = parse_position(request)
+    host: StreamHost | None = request.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+    if host is None or request.scope["http_version"] != "1.1":
+        raise NotFound("event streams need HTTP/1.1 under `livepush serve`")
+    if request.method == "HEAD":
+        return Response(headers=HEADERS)  # the stream's headers, without the stream
+    runtime.gc.opened()
+    head = stream_head(cors_origin(origin, runtime.settings.allowed_origins))
+    return EventStream(runtime.hub, runtime.sse_streams, host, head, feed, since, epoch)
+
+
 class EventStream:
-    """`GET /v1/feeds/{feed}/events` as an ASGI response that never ends by itself."""
+    """The ASGI app of one event stream; it returns when the stream has ended.
+
+    Its cost: the ASGI task (and Starlette's frames) live as long as the stream.
+    """
 
     def __init__(
-        self, hub: Hub, streams: set[SseStream], feed: str, since: int | None, epoch: str | None
+        self,
+        hub: Hub,
+        streams: set[SseStream],
+        host: StreamHost,
+        head: bytes,
+        feed: str,
+        since: int | None,
+        epoch: str | None,
     ) -> None:
-        self.hub = hub
-        self.streams = streams
-        self.feed = feed
-        self.since = since
-        self.epoch = epoch
+        self.hub, self.streams, self.host, self.head = hub, streams, host, head
+        self.feed, self.since, self.epoch = feed, since, epoch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
-        if protocol is None or scope.get("http_version") != "1.1":
-            raise NotFound("event streams need HTTP/1.1 under `livepush serve`")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache, no-transform"),
-                    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b": livepush\n\n", "more_body": True})
-        transport = protocol.transport
-        conn = SseConnection(transport)
-        protocol.on_shutdown = lambda: conn.close(CloseCode.SERVICE_RESTART)
-        self.streams.add(conn)
+        socket = SseSocket(self.host, self.head + FIRST_CHUNK)
+        conn = SseConnection(socket)
+        self.streams.add(socket)
         sub = None
         try:
             try:
                 sub = await self.hub.subscribe(conn, self.feed, self.since, self.epoch)
             except BrokerUnavailable:
                 # No `event: error`: EventSource's own error event has that name.
-                conn.write(sse_comment(b"broker unavailable; reconnect shortly"))
-                conn.close(CloseCode.SERVICE_RESTART)
-            disconnected = asyncio.ensure_future(_disconnect(receive))
-            await asyncio.wait([disconnected, conn.closed], return_when=asyncio.FIRST_COMPLETED)
-            disconnected.cancel()
+                socket.write(sse_comment(b"broker unavailable; reconnect shortly"))
+                socket.close(CloseCode.SERVICE_RESTART)
+            await socket.ended
         finally:
-            protocol.on_shutdown = None
-            self.streams.discard(conn)
+            self.streams.discard(socket)
             if sub is not None:
                 self.hub.unsubscribe(sub)
-            if not transport.is_closing():
-                # Ends the chunked response cleanly; EventSource reconnects by itself.
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+            socket.close(CloseCode.SERVICE_RESTART)  # cancelled: end it; else nothing

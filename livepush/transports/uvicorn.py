@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
@@ -20,9 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from livepush.transports.fastws import FastPath, FastSocket, UpgradeRequest
-
-TRANSPORT_EXTENSION = "livepush.transport"
-
+from livepush.transports.sse import TRANSPORT_EXTENSION, SseSocket, StreamHost
 
 WS_PATH = b"/v1/ws"
 
@@ -168,16 +165,18 @@ class FirstRequest(asyncio.Protocol):
 
 
 class LivepushHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, exposed to the app as `livepush.transport`.
+    """uvicorn's httptools protocol, which lets an event stream write its own response.
 
-    A response that streams forever (SSE) sets `on_shutdown`: on SIGTERM uvicorn
-    only stops keep-alive, which would leave the stream open until the graceful
-    timeout; the callback ends it at once so the reader reconnects elsewhere.
+    Each request's scope carries it as the `livepush.transport` extension, an
+    `sse.StreamHost`: the stream takes the response (uvicorn then writes none of its
+    own over it), hears of SIGTERM and of the connection's loss, and ends the response
+    as uvicorn's own `send` would, keep-alive included. A `/v1/ws` upgrade after
+    another request on the connection takes the fast path too.
     """
 
-    on_shutdown: Callable[[], None] | None = None
     # Set once per process by create_app: with it, /v1/ws upgrades skip ASGI entirely.
     fast_path: ClassVar[FastPath | None] = None
+    _stream: SseSocket | None = None
 
     def handle_websocket_upgrade(self) -> None:
         # A /v1/ws upgrade that was not the connection's first request.
@@ -203,13 +202,42 @@ class LivepushHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        scope: Any = self.scope
-        scope["extensions"] = {TRANSPORT_EXTENSION: self}
+        host: StreamHost = self  # mypy checks this protocol against the stream's needs
+        scope: Any = self.scope  # uvicorn's scope type knows no livepush extension
+        scope["extensions"] = {TRANSPORT_EXTENSION: host}
+
+    def take_response(self, stream: SseSocket) -> asyncio.Transport:
+        # "Started": if the app fails now, uvicorn closes the connection rather than
+        # write a 500 into the middle of the stream.
+        self.cycle.response_started = True
+        self._stream = stream
+        return self.transport
+
+    def end_response(self) -> bool:
+        # What uvicorn's `send` does after a response's last byte.
+        cycle = self.cycle
+        cycle.response_complete = True
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # the next pipelined request, or the keep-alive timer
+        closing = self.transport.is_closing()
+        if not closing:
+            self._stream = None  # the connection goes on without it
+        return closing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # marks the request disconnected: uvicorn stays quiet
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.connection_lost(exc)
 
     def shutdown(self) -> None:
-        if self.on_shutdown is not None:
-            self.on_shutdown()
+        # uvicorn only stops keep-alive when a response is under way, which would
+        # leave a stream open until the graceful timeout: end it now, after that (so
+        # the connection closes behind its last chunk).
         super().shutdown()
+        if self._stream is not None:
+            self._stream.shutdown()
 
 
 class _FirstRequests:
