@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -29,6 +30,7 @@ from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
 from livepush.errors import Conflict, LivepushError, RateLimited, Unauthorized
 from livepush.gc_policy import GcPolicy
+from livepush.metrics import REPORT_SECONDS, start_report
 from livepush.model import CloseCode, is_feed_name
 from livepush.pages import page_headers, render_editor, render_reader
 from livepush.runtime import Runtime, runtime_of
@@ -200,6 +202,8 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, runtime.gc.tick)
         presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
         tokens = _Repeat(loop, TOKENS_CHECK_SECONDS, runtime.access.reload_if_changed)
+        # This node's figures, left in the broker for `livepush stats` (off every path).
+        reports = _Repeat(loop, REPORT_SECONDS, functools.partial(start_report, runtime))
         # SIGHUP reads the tokens file again (uvicorn leaves SIGHUP alone in a worker;
         # its default would end the process). Only a main thread can take signals.
         hangup = threading.current_thread() is threading.main_thread()
@@ -215,6 +219,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             freezer.cancel()
             presence.cancel()
             tokens.cancel()
+            reports.cancel()
             runtime.hub.close_all(CloseCode.SERVICE_RESTART)
             await runtime.hub.aclose()
             await runtime.broker.aclose()

@@ -30,6 +30,7 @@ from livepush.feed import (
     sse_control,
 )
 from livepush.model import CloseCode, Event, History
+from livepush.timing import FanoutTimings
 
 __all__ = [
     "RECENT_EVENTS",
@@ -92,6 +93,7 @@ class Hub:
         self.slow_closed = 0
         self.hole_closed = 0
         self.resets = 0
+        self.timings = FanoutTimings()  # histograms: one bump per fan-out (metrics.py)
 
     # Subscribing
 
@@ -292,6 +294,7 @@ class Hub:
         self.deliveries += delivered * (fanout.last - fanout.first + 1)
         if delivered:
             seconds = time.perf_counter() - started
+            self.timings.observe(seconds, state.recent, fanout.first, fanout.last)
             # Editors' figures: a socket that had part of the run counts for each event.
             self._receipts.extend(
                 (state.name, seq, delivered, seconds)

@@ -195,6 +195,7 @@ def test_every_flag_sets_its_setting_and_workers_get_the_same_from_the_environme
     argv += ["--private-feed", "members-*", "--private-feed", "vip"]
     argv += ["--jwt-public-key", "/etc/livepush/jwt.pem", "--jwt-audience", "news"]
     argv += ["--jwt-issuer", "https://news.example", "--max-connections-per-address", "50"]
+    argv += ["--redis-min-replicas", "1"]
     flags = vars(cli.parser().parse_args(argv))
     flags["publish_tokens"] = tuple(flags["publish_tokens"])
     flags["allowed_origins"] = tuple(flags["allowed_origins"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from importlib import resources
 from typing import Any
@@ -13,7 +14,7 @@ from redis.exceptions import ResponseError
 from livepush.brokers.base import IDEMPOTENCY_TTL, BrokerStats, Listener, new_epoch
 from livepush.brokers.redis_nodes import Command, Nodes, Scripts, Trouble, connect
 from livepush.brokers.redis_stream import PREFIX, LiveStream, channel_of, key
-from livepush.brokers.redis_url import parse_redis_url
+from livepush.brokers.redis_url import parse_redis_url, redact
 from livepush.errors import BrokerUnavailable, Conflict, NotFound
 from livepush.model import (
     Change,
@@ -28,6 +29,8 @@ from livepush.model import (
 from livepush.timing import Histogram
 
 __all__ = ["PREFIX", "RedisBroker", "channel_of"]
+
+log = logging.getLogger("livepush.redis")
 
 # A node's subscriber counts stay valid this long: it reports far more often, so only
 # a node that died stops counting.
@@ -58,14 +61,18 @@ class RedisBroker:
     `min_replicas` > 0: each write is followed by WAIT on the same connection; a write
     that fewer replicas hold within REPLICA_WAIT_MS is a 503 whose outcome is unknown
     (the publisher retries with its Idempotency-Key), and its event is published only
-    once the replicas hold it. Reads that a subscriber sees (history, snapshot) wait
-    the same way, so nothing a failover can lose is ever shown. Cost: one more round
-    trip per write, plus the replicas' lag, on every publish and every read.
+    once the replicas hold it. Reads that subscribers see (history, snapshot) wait the
+    same way, so while the replicas keep up nothing a failover can lose is shown. They
+    are not refused when replicas are missing (readers keep their pages): they answer
+    after REPLICA_WAIT_MS, and may then show a write answered 503, which a failover
+    before any replica holds it takes back (announced with `reset`). Cost: one more
+    round trip per publish, and the replicas' lag on every publish and every read.
     """
 
     def __init__(self, url: str, history_size: int = 1000, *, min_replicas: int = 0) -> None:
         self.history_size = history_size
         self.min_replicas = min_replicas
+        self._url = url
         self._target = parse_redis_url(url)
         self._scripts = Scripts()
         self._publish = self._scripts.register(_script("publish.lua"))
@@ -86,6 +93,7 @@ class RedisBroker:
         self.renewals = 0
 
     async def start(self, listener: Listener) -> None:
+        log.info("Redis broker on %s", redact(self._url))
         self.stream.start(listener)
 
     async def nodes(self) -> Nodes:
@@ -189,8 +197,7 @@ class RedisBroker:
         results = await self._run(
             feed, self._replicated([self._script_call(self._history, keys, args)])
         )
-        self._check_replicas(results)
-        reply = results[0]
+        reply = results[0]  # too few replicas in time: answered anyway (see above)
         epoch = reply[0].decode()
         rows = reply[3:]
         events = tuple(
@@ -213,8 +220,7 @@ class RedisBroker:
         results = await self._run(
             feed, self._replicated([self._script_call(self._snapshot, keys, args)])
         )
-        self._check_replicas(results)
-        reply = results[0]
+        reply = results[0]  # too few replicas in time: answered anyway (see above)
         return Snapshot(feed, reply[0].decode(), int(reply[1]), tuple(reply[2:]))
 
     async def entry(self, feed: str, entry_id: str) -> StoredEntry | None:
@@ -224,11 +230,12 @@ class RedisBroker:
         return None if found is None else StoredEntry(found, score is not None)
 
     async def renew_epoch(self, feed: str, stale: str) -> str:
+        fresh = new_epoch()
         (epoch,) = await self._run(
-            feed, [self._script_call(self._renew, [key(feed, "meta")], [stale, new_epoch()])]
+            feed, [self._script_call(self._renew, [key(feed, "meta")], [stale, fresh])]
         )
-        if epoch.decode() != stale:
-            self.renewals += 1
+        if epoch.decode() == fresh:
+            self.renewals += 1  # this call renewed it (not another node, not before)
         return str(epoch.decode())
 
     async def report(self, feed: str, seq: int, delivered: int, fanout_ms: float) -> None:

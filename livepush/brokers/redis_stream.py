@@ -157,6 +157,8 @@ class LiveStream:
             shard.forget(channel)
             if self.homes.get(channel) is shard:
                 del self.homes[channel]
+        if self.sharded and not shard.channels:
+            self.spawn(self._close(shard))  # one connection per server carrying a feed
         self.spawn(self._rehome(channels))
 
     async def _rehome(self, channels: list[str]) -> None:
