@@ -35,17 +35,18 @@ async def test_a_write_no_replica_holds_is_a_503_and_its_retry_is_delivered_once
         node = start_server(f"redis://{primary.address}/0", LIVEPUSH_REDIS_MIN_REPLICAS="1")
         client = await Client.connect(node.ws_url)
         assert (await client.subscribe(FEED))["type"] == "subscribed"
-        post = {"json": {"body": "first"}, "headers": {**node.headers(), "Idempotency-Key": "k1"}}
+        first = {"body": "first"}
+        keyed = {**node.headers(), "Idempotency-Key": "k1"}
         url = f"{node.base_url}/v1/feeds/{FEED}/entries"
         async with httpx.AsyncClient(timeout=15) as http:
-            refused = await http.post(url, **post)
+            refused = await http.post(url, json=first, headers=keyed)
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "broker_unavailable"
             assert "same Idempotency-Key" in refused.json()["error"]["message"]
 
             replica.start()
             wait_until(lambda: replicas_online(primary) == 1, 20, "the replica to catch up")
-            retried = await http.post(url, **post)
+            retried = await http.post(url, json=first, headers=keyed)
             assert retried.status_code == 201
             assert retried.headers["Idempotency-Replayed"] == "true"
             assert retried.json()["seq"] == 1
