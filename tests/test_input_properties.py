@@ -6,6 +6,7 @@ another exception (which would be a 500 or a dropped socket).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from livepush.schema import EDITABLE, MAX_META_BYTES, parse_new_entry, parse_pat
 from livepush.wire import (
     MAX_CLIENT_MESSAGE,
     MAX_SEQ,
+    ClientMessage,
     Ping,
     Subscribe,
     Unsubscribe,
@@ -51,17 +53,25 @@ valid_entries = st.fixed_dictionaries(
 )
 
 
+def outcome(parse: Callable[[object], dict[str, Any]], raw: object) -> Any:
+    """What `parse` returns for `raw`, or the InvalidEntry it raises."""
+    try:
+        return parse(raw)
+    except InvalidEntry as error:
+        return error
+
+
 @settings(max_examples=150)
 @given(st.one_of(json_values, entry_like))
 def test_any_json_is_an_entry_or_invalid_naming_its_fields(raw: Any) -> None:
-    try:
-        fields = parse_new_entry(raw)
-    except InvalidEntry as error:
-        assert error.fields, "an invalid entry names at least one field"
-        assert all(isinstance(v, str) for v in error.fields.values())
+    fields = outcome(parse_new_entry, raw)
+    if isinstance(fields, InvalidEntry):
+        assert fields.fields, "an invalid entry names at least one field"
+        assert all(isinstance(v, str) for v in fields.fields.values())
         return
     assert set(fields) == set(EDITABLE)
-    assert isinstance(fields["body"], str) and fields["body"]
+    assert isinstance(fields["body"], str)
+    assert fields["body"]
 
 
 @settings(max_examples=150)
@@ -76,12 +86,12 @@ def test_every_entry_within_the_spec_is_accepted_as_sent(raw: dict[str, Any]) ->
 @settings(max_examples=150)
 @given(st.one_of(json_values, entry_like))
 def test_any_json_is_a_correction_or_invalid(raw: Any) -> None:
-    try:
-        patch = parse_patch(raw)
-    except InvalidEntry as error:
-        assert error.fields
+    patch = outcome(parse_patch, raw)
+    if isinstance(patch, InvalidEntry):
+        assert patch.fields
         return
-    assert patch and set(patch) <= set(EDITABLE)
+    assert patch
+    assert set(patch) <= set(EDITABLE)
     assert patch.get("body", "x") is not None
     assert patch.get("pinned", False) is not None
 
@@ -122,10 +132,12 @@ CLIENT_ERROR_CODES = {
 @given(frames)
 def test_any_frame_is_a_client_message_or_a_named_error(data: bytes) -> None:
     try:
-        message = parse_client_message(data)
+        message: ClientMessage | ClientMessageError = parse_client_message(data)
     except ClientMessageError as error:
-        assert error.code in CLIENT_ERROR_CODES
-        assert error.message
+        message = error
+    if isinstance(message, ClientMessageError):
+        assert message.code in CLIENT_ERROR_CODES
+        assert message.message
         return
     assert len(data) <= MAX_CLIENT_MESSAGE
     assert isinstance(message, Subscribe | Unsubscribe | Ping)
