@@ -462,12 +462,12 @@ async def test_publish_gives_up_after_its_attempts_naming_the_last_error(
     server = start_server(redis_server.url)
     redis_server.stop()
     async with Client(
-        server.base_url, token=server.token, publish_attempts=3, backoff_base=0.01
+        server.base_url, token=server.token, publish_attempts=2, backoff_base=0.01
     ) as client:
         with pytest.raises(Refused) as refused:
             await client.publish("outage", "never")
     assert (refused.value.code, refused.value.status) == ("broker_unavailable", 503)
-    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 2
+    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 1
     url = f"http://{HOST}:{free_port()}"
     async with Client(url, publish_attempts=2, backoff_base=0.01) as client:
         with pytest.raises(Unreachable, match="cannot reach"):
