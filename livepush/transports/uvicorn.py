@@ -4,7 +4,36 @@ The hub writes one pre-built frame to many sockets without awaiting; ASGI's `sen
 a coroutine per message per subscriber. So `/v1/ws` never reaches ASGI: the first
 request of each connection is read by `FirstRequest`, and a `/v1/ws` upgrade becomes a
 `fastws.FastSocket` (see there). Every other request is uvicorn's and Starlette's; an
-event stream is handed its transport through the `livepush.transport` scope extension.
+event stream writes its own response, hosted by `LivepushHttpProtocol` (see sse.py).
+
+The uvicorn internals this relies on, all of them. pyproject.toml bounds uvicorn
+(`<0.55`, checked by tests/test_dependencies.py): a release past the bound may change
+any of these without notice, so raise it only with a `./dev upgrade` that passes.
+
+- `Config(http=...)` takes a protocol class, which `Server.startup` builds once per
+  connection as `cls(config=, server_state=, app_state=)`: `FirstRequest` has that
+  signature. Changed, every connection fails with a TypeError.
+- `ServerState.connections`: the set uvicorn calls `shutdown()` on at SIGTERM and waits
+  to empty. `FirstRequest` and `FastSocket` join and leave it themselves. Changed,
+  drain no longer closes WebSockets with 1012 nor half-sent requests.
+- `HttpToolsProtocol(config, server_state, app_state, _loop)`, `connection_made()` and
+  `data_received()`: `FirstRequest` makes uvicorn's protocol late and replays the bytes
+  it read. Changed, every request but a first `/v1/ws` upgrade fails.
+- `handle_websocket_upgrade()`, which uvicorn calls for an upgrade when a WebSocket
+  protocol is configured (cli.py names uvicorn's own), and the request state it reads
+  there: `url`, `scope["method"]`, `scope["http_version"]`, `headers` (names lower-cased),
+  `transport`, `connections`, `config.ws_max_size`, `config.ws_ping_interval`; `parser`,
+  `scope` and `headers` are deleted after (a reference cycle freed at once). Changed, a
+  `/v1/ws` upgrade after another request on a connection reaches the ASGI route: 501.
+- `on_message_begin()`, where uvicorn makes each request's scope: the host is added as
+  the `livepush.transport` extension. Changed, event streams answer 404.
+- For an event stream, the current `cycle` and its `response_started`,
+  `response_complete` and `keep_alive`, and `on_response_complete()`: what uvicorn's own
+  `send` does for a response, done for a response livepush wrote; `connection_lost()`
+  marking the cycle disconnected and `shutdown()` clearing `keep_alive` while a response
+  is under way, which keep uvicorn quiet and closing when a stream ends. Changed, an
+  ended stream gets a 500 or an error logged behind it, or breaks keep-alive
+  (tests/test_sse.py: SIGTERM, the outage's keep-alive).
 """
 
 from __future__ import annotations
