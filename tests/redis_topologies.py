@@ -71,6 +71,16 @@ class RedisNode:
             self.proc = None
 
 
+def replicas_online(primary: RedisNode) -> int:
+    """How many replicas the primary streams to and that have caught up."""
+    info = primary.client().info("replication")
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and value.get("state") == "online"
+    )
+
+
 class Cluster:
     """`redis-server --cluster-enabled yes` for each primary and replica, joined by
     `redis-cli --cluster create`; failovers start after one second without a primary."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +20,8 @@ from livepush.errors import Conflict, NotFound
 from livepush.model import Change, Event, EventType, Published
 from livepush.schema import parse_new_entry
 from livepush.wire import entry_template, event_payload
-from tests.support import RedisServer
+from tests.redis_topologies import Cluster, RedisNode, replicas_online
+from tests.support import HOST, RedisServer, wait_until
 
 FEED = "contract"
 WAIT = 10.0
@@ -60,20 +64,56 @@ class Recorder:
 MakeBroker = Callable[..., Awaitable[tuple[Broker, Recorder]]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def contract_cluster() -> Iterator[Cluster]:
+    """Redis Cluster, three primaries: each test starts on emptied primaries."""
+    cluster = Cluster(primaries=3, replicas=0)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def replicated_redis() -> Iterator[tuple[RedisNode, RedisNode]]:
+    """A primary and its replica, for LIVEPUSH_REDIS_MIN_REPLICAS=1."""
+    root = Path(tempfile.mkdtemp(prefix="livepush-contract-"))
+    primary = RedisNode(root).start()
+    replica = RedisNode(root, "--replicaof", HOST, str(primary.port)).start()
+    try:
+        wait_until(lambda: replicas_online(primary) == 1, 20, "the replica to catch up")
+        yield primary, replica
+    finally:
+        replica.kill()
+        primary.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster", "replicated"])
 async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
-    """Start brokers of the parametrized kind (history_size=...); all closed after."""
-    redis: RedisServer | None = None
+    """Start brokers of the parametrized kind (history_size=...); all closed after:
+    in-process, one Redis, Redis Cluster, and one Redis with a replica every write
+    waits for (LIVEPUSH_REDIS_MIN_REPLICAS=1)."""
+    url, min_replicas = None, 0
     if request.param == "redis":
-        redis = request.getfixturevalue("redis_server")
+        url = request.getfixturevalue("redis_server").url
+    elif request.param == "cluster":
+        cluster = request.getfixturevalue("contract_cluster")
+        for port in cluster.primary_ports():
+            cluster.node(port).call("FLUSHALL")
+        url = cluster.url
+    elif request.param == "replicated":
+        primary, _ = request.getfixturevalue("replicated_redis")
+        primary.call("FLUSHALL")
+        url, min_replicas = f"redis://{primary.address}/0", 1
     started: list[Broker] = []
 
     async def make(history_size: int = 1000) -> tuple[Broker, Recorder]:
         broker: Broker
-        if redis is None:
+        if url is None:
             broker = MemoryBroker(history_size)
         else:
-            broker = RedisBroker(redis.url, history_size)
+            broker = RedisBroker(url, history_size, min_replicas=min_replicas)
         recorder = Recorder()
         await broker.start(recorder)
         started.append(broker)

@@ -10,19 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.redis_topologies import RedisNode
+from tests.redis_topologies import RedisNode, replicas_online
 from tests.support import HOST, Client, Server, wait_until
 
 FEED = "replicated"
-
-
-def replicas_online(primary: RedisNode) -> int:
-    info = primary.client().info("replication")
-    return sum(
-        1
-        for name, value in info.items()
-        if name.startswith("slave") and value.get("state") == "online"
-    )
 
 
 async def test_a_write_no_replica_holds_is_a_503_and_its_retry_is_delivered_once(
