@@ -144,3 +144,50 @@ def test_docker_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
     assert "livepush-a" in result.stdout
     assert "livepush-b" in result.stdout
+
+
+def _indented(block: str) -> str:
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith("    "):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("profile", "url", "services"),
+    [
+        (
+            "sentinel",
+            "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/livepush",
+            ["redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"],
+        ),
+        (
+            "cluster",
+            "redis+cluster://redis-node-1:6379,redis-node-2:6379,redis-node-3:6379",
+            [f"redis-node-{i}" for i in range(1, 7)] + ["redis-cluster-init"],
+        ),
+    ],
+)
+def test_docker_compose_profiles_run_livepush_on_sentinel_and_on_a_cluster(
+    profile: str, url: str, services: list[str]
+) -> None:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed (./dev test installs it)"
+    env = {**os.environ, "LIVEPUSH_REDIS_URL": url, "LIVEPUSH_REDIS_MIN_REPLICAS": "1"}
+    result = subprocess.run(
+        [binary, "--profile", profile, "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    for service in services:
+        assert f"- {profile}" in _indented(result.stdout.split(f"\n  {service}:\n", 1)[1])
+    for node in ("livepush-a", "livepush-b"):
+        block = _indented(result.stdout.split(f"\n  {node}:\n", 1)[1])
+        assert f"LIVEPUSH_REDIS_URL: {url}" in block
+        assert "LIVEPUSH_REDIS_MIN_REPLICAS: '1'" in block
