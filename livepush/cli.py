@@ -1,4 +1,4 @@
-"""`livepush serve|publish|tail`: argument parsing, then uvicorn or the client's commands."""
+"""`livepush serve|publish|tail|stats`: argument parsing, then uvicorn or a command."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def parser() -> argparse.ArgumentParser:
                 help=setting.help,
             )
     _add_client_commands(commands)
+    stats = commands.add_parser(
+        "stats", help="a node's figures (from its /metrics), or every node's (through Redis)"
+    )
+    stats.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the node's base URL (default {DEFAULT_URL})"
+    )
+    stats.add_argument("--redis-url", help="read every node's last report from this Redis")
+    stats.add_argument("--json", action="store_true", help="the samples as JSON")
     return root
 
 
@@ -163,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "serve":
         return serve(args)
+    if args.command == "stats":
+        from livepush.stats import stats
+
+        return stats(args.url, args.redis_url, as_json=args.json)
     if args.command in ("publish", "tail"):
         from livepush import commands
 
