@@ -115,7 +115,7 @@ class Subscription:
 class Cut(Enum):
     """Why a live subscription was cut off with 1013 (it resumes from its last seq)."""
 
-    SLOW = "slow"  # more than max_buffer unsent bytes
+    SLOW = "slow"  # more than max_buffer behind: unsent bytes plus what it missed paused
     HOLE = "hole"  # it would miss an event: it joined behind what the node delivers
 
 
@@ -153,11 +153,19 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class Drop:
+    """Cut one subscription with 1013 (it resumes from its last seq when it reconnects)."""
+
+    sub: Subscription
+    reason: Cut
+
+
+@dataclass(frozen=True, slots=True)
 class Idle:
     """The feed has no subscription and no join in progress."""
 
 
-Action = Fanout | Send | Reset | Idle
+Action = Fanout | Send | Reset | Drop | Idle
 
 
 # Requests: what the shell must ask the broker.
@@ -211,6 +219,12 @@ class Feed:
         self.groups: dict[Format, dict[Subscription, None]] = {fmt: {} for fmt in Format}
         self.joining: set[Subscription] = set()
         self.watchers: set[Subscription] = set()  # want receipts
+        # Live subscriptions whose sockets hold more than `pause_at` unsent bytes: no
+        # live frame is written to them until they drain (resume()), and they count
+        # the bytes of what they miss; past `max_buffer` in all they are cut.
+        self.paused: dict[Subscription, int] = {}
+        self.pause_at = max_buffer // 4
+        self.resume_at = max_buffer // 16
         self.recent = Ring(RECENT_EVENTS)
         self.pending: dict[int, Event] = {}
         self._stale: str | None = None  # an epoch proven to have lost writes
@@ -327,8 +341,9 @@ class Feed:
 
         A subscription at the run's base gets every event of it in one write; one
         already inside it (it joined from history beyond the base) gets the rest; one
-        behind the base would see a hole and is cut, as is one holding more than
-        `max_buffer` unsent bytes.
+        behind the base would see a hole and is cut. One whose socket holds more than
+        `pause_at` unsent bytes is paused instead: it is caught up when it drains, and
+        cut only once its unsent bytes and what it missed pass `max_buffer`.
         """
         run = self._run
         if not run:
@@ -338,7 +353,8 @@ class Feed:
         writes: list[tuple[bytes, list[Subscription]]] = []
         partial: list[Send] = []
         cut: list[tuple[Subscription, Cut]] = []
-        limit = self.max_buffer
+        stalled: list[Subscription] = []
+        pause_at = self.pause_at
         for fmt, subs in self.groups.items():
             if not subs:
                 continue
@@ -349,8 +365,8 @@ class Feed:
                     continue  # joined from history past the run already
                 if seen < base:
                     cut.append((sub, Cut.HOLE))
-                elif sub.buffered() > limit:
-                    cut.append((sub, Cut.SLOW))
+                elif sub.buffered() > pause_at:
+                    stalled.append(sub)
                 elif seen == base:
                     sub.last_seq = last
                     targets.append(sub)
@@ -359,11 +375,70 @@ class Feed:
                     partial.append(Send(sub, data))
                     sub.last_seq = last
             if targets:
-                frame = b"".join([self._frame(fmt, event) for event in run])
-                writes.append((frame, targets))
+                writes.append((self._run_frame(fmt, run), targets))
+        for sub in stalled:
+            self.groups[sub.conn.format].pop(sub)
+            self.paused[sub] = 0
+        if self.paused:
+            cut += self._count_missed(run)
         for sub, _ in cut:
             self._remove(sub)
         return [Fanout(base + 1, last, writes, partial, cut)]
+
+    def _run_frame(self, fmt: Format, run: list[Event]) -> bytes:
+        return b"".join([self._frame(fmt, event) for event in run])
+
+    def _count_missed(self, run: list[Event]) -> list[tuple[Subscription, Cut]]:
+        """Add the run to what each paused subscription missed; those past `max_buffer`
+        in all are cut (memory and catch-up stay bounded)."""
+        cut = []
+        for sub, missed in self.paused.items():
+            behind = [event for event in run if event.seq > sub.last_seq]
+            missed += sum(len(self._frame(sub.conn.format, event)) for event in behind)
+            self.paused[sub] = missed
+            if sub.buffered() + missed > self.max_buffer:
+                cut.append((sub, Cut.SLOW))
+        return cut
+
+    def resume(self, sub: Subscription) -> tuple[list[Action], ReadHistory | None]:
+        """A paused subscription's socket drained: catch it up from the node's recent
+        events and make it live again, or ask for history when they do not reach back."""
+        if sub not in self.paused:
+            return [], None
+        events = self.recent.after(sub.last_seq, self.head)
+        if events is None:
+            return [], ReadHistory(sub.last_seq)
+        del self.paused[sub]
+        return [Send(sub, self._go_live(sub, [], events))], None
+
+    def resume_history(self, sub: Subscription, history: History) -> list[Action]:
+        """Catch a paused subscription up from a history read after its last seq; cut it
+        if history no longer reaches back to it (it fell behind history)."""
+        if sub not in self.paused:
+            return []
+        decision = decide(
+            sub.last_seq, self.epoch, history.epoch, history.head_seq, history.first_seq
+        )
+        if not isinstance(decision, Replay):
+            return self.drop(sub, Cut.SLOW)
+        fmt = sub.conn.format
+        data = []
+        for event in history.events:
+            if event.seq == sub.last_seq + 1:
+                data.append(self._frame(fmt, event))
+                sub.last_seq = event.seq
+        events = self.recent.after(sub.last_seq, self.head)
+        if events is None:
+            return self.drop(sub, Cut.SLOW)  # the node ran past the read meanwhile
+        del self.paused[sub]
+        return [Send(sub, self._go_live(sub, data, events))]
+
+    def drop(self, sub: Subscription, reason: Cut) -> list[Action]:
+        """Cut `sub` (a paused one past its deadline, or behind history)."""
+        if not sub.live:
+            return []
+        self._remove(sub)
+        return [Drop(sub, reason), *self._idle()]
 
     # History
 
@@ -409,11 +484,7 @@ class Feed:
         self.epoch, self.head = history.epoch, history.head_seq
         self.recent.clear()
         self._frames.clear()
-        return [
-            self._reset(sub, history.epoch, history.head_seq)
-            for subs in self.groups.values()
-            for sub in list(subs)
-        ]
+        return [self._reset(sub, history.epoch, history.head_seq) for sub in self.members()]
 
     # Joining
 
@@ -455,7 +526,9 @@ class Feed:
             # it saw; the next read resets it (and the feed).
             return [], RenewEpoch(history.epoch)
         if not isinstance(decision, Replay):
-            return [self._reset(sub, history.epoch, history.head_seq)], None
+            # The read may be older than the node (same epoch, checked above): an SSE
+            # stream going on from the read's head would miss what the node sent since.
+            return [self._reset(sub, history.epoch, max(history.head_seq, self.head))], None
         data: list[bytes] = []
         if sub.last_seq < 0:
             data.append(self._subscribed_frame(sub, history.epoch, history.head_seq))
@@ -502,7 +575,9 @@ class Feed:
         with the `epoch:seq` ids that follow."""
         if sub.conn.format is Format.SSE:
             sub.last_seq = head_seq
-            if not sub.live:
+            if sub in self.paused:
+                self.paused[sub] = 0  # it missed nothing of the new life yet
+            elif not sub.live:
                 self._go_live(sub, [], [])
         else:
             self._remove(sub)
@@ -524,20 +599,25 @@ class Feed:
     def _remove(self, sub: Subscription) -> None:
         sub.live = False
         self.groups[sub.conn.format].pop(sub, None)
+        self.paused.pop(sub, None)
         self.watchers.discard(sub)
 
     def _idle(self) -> list[Action]:
         return [Idle()] if self.empty() else []
 
     def empty(self) -> bool:
-        return not self.joining and not any(self.groups.values())
+        return not self.joining and not self.paused and not any(self.groups.values())
 
     def subscriptions(self) -> int:
-        return sum(len(subs) for subs in self.groups.values())
+        return len(self.paused) + sum(len(subs) for subs in self.groups.values())
+
+    def members(self) -> list[Subscription]:
+        """Every live subscription, paused ones included."""
+        return [*self.paused, *(sub for group in self.groups.values() for sub in group)]
 
     def remove_all(self) -> list[Subscription]:
         """Take every live subscription off the feed (drain): the shell closes them."""
-        subs = [sub for group in self.groups.values() for sub in group]
+        subs = self.members()
         for sub in subs:
             self._remove(sub)
         return subs

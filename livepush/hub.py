@@ -16,6 +16,7 @@ from livepush.feed import (
     CatchUp,
     Connection,
     Cut,
+    Drop,
     Fanout,
     Feed,
     Format,
@@ -49,6 +50,10 @@ log = logging.getLogger("livepush.hub")
 # reader (or a reconnect storm) finds it synced and resumes from memory.
 RETIRE_AFTER = 10.0
 RECEIPT_FLUSH_SECONDS = 0.1
+# A paused subscription (its socket holds more than a quarter of --max-buffer) is
+# checked this often for having drained; one stalled longer than STALL_SECONDS is cut.
+PAUSE_POLL_SECONDS = 0.05
+STALL_SECONDS = 10.0
 # Joiners whose `since` falls in one block of this many positions share a history read.
 READ_BLOCK = 64
 # Backoff between history reads that fail or make no progress.
@@ -86,6 +91,10 @@ class Hub:
         self._receipts: list[tuple[str, int, int, float]] = []
         self._inbox: dict[Feed, list[Event]] = {}  # live events of this loop turn
         self._reads: dict[tuple[str, int | None], asyncio.Task[History]] = {}  # joins' reads
+        # Feeds with paused subscriptions, and when this shell first saw each paused.
+        self._paused: dict[Feed, dict[Subscription, float]] = {}
+        self._resuming: set[Subscription] = set()  # reading history to catch up
+        self._pause_timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.TimerHandle | None = None
         # Counters read by /metrics at scrape time; nothing else on the hot path.
         self.events_received = 0
@@ -268,8 +277,16 @@ class Hub:
                     "head_seq": action.head_seq,
                 }
                 action.sub.conn.send("reset", message)
+            elif isinstance(action, Drop):
+                self._cut(action.sub, action.reason)
             elif isinstance(action, Idle):
                 self._retire_later(state)
+        if state.paused and state not in self._paused:
+            self._paused[state] = {}
+            if self._pause_timer is None:
+                self._pause_timer = asyncio.get_running_loop().call_later(
+                    PAUSE_POLL_SECONDS, self._check_paused
+                )
         self._drive(state)
 
     def _fanout(self, state: Feed, fanout: Fanout) -> None:
@@ -284,11 +301,7 @@ class Hub:
             send.sub.write(send.data)
         delivered += len(fanout.partial)
         for sub, reason in fanout.cut:
-            if reason is Cut.SLOW:
-                self.slow_closed += 1
-            else:
-                self.hole_closed += 1
-            sub.conn.close(CloseCode.TRY_AGAIN_LATER)
+            self._cut(sub, reason)
         if fanout.cut and state.empty():
             self._retire_later(state)
         self.deliveries += delivered * (fanout.last - fanout.first + 1)
@@ -303,6 +316,57 @@ class Hub:
             if self._flusher is None:
                 loop = asyncio.get_running_loop()
                 self._flusher = loop.call_later(RECEIPT_FLUSH_SECONDS, self._flush_receipts)
+
+    def _cut(self, sub: Subscription, reason: Cut) -> None:
+        if reason is Cut.SLOW:
+            self.slow_closed += 1
+        else:
+            self.hole_closed += 1
+        sub.conn.close(CloseCode.TRY_AGAIN_LATER)
+
+    # Paused subscriptions
+
+    def _check_paused(self) -> None:
+        """Resume the paused subscriptions whose sockets drained; cut those stalled past
+        STALL_SECONDS. One timer for the node, running only while any is paused."""
+        self._pause_timer = None
+        now = asyncio.get_running_loop().time()
+        for state, since in list(self._paused.items()):
+            if self.feeds.get(state.name) is not state:
+                del self._paused[state]
+                continue
+            for sub in [sub for sub in since if sub not in state.paused]:
+                del since[sub]  # resumed or cut meanwhile
+            for sub in list(state.paused):
+                if sub in self._resuming:
+                    continue
+                started = since.setdefault(sub, now)
+                if sub.buffered() <= state.resume_at:
+                    del since[sub]
+                    actions, request = state.resume(sub)
+                    self._perform(state, actions)
+                    if request is not None:
+                        self._resuming.add(sub)
+                        self.spawn(self._resume_from_history(state, sub, request.after))
+                elif now - started > STALL_SECONDS:
+                    del since[sub]
+                    self._perform(state, state.drop(sub, Cut.SLOW))
+            if not state.paused:
+                del self._paused[state]
+        if self._paused:
+            loop = asyncio.get_running_loop()
+            self._pause_timer = loop.call_later(PAUSE_POLL_SECONDS, self._check_paused)
+
+    async def _resume_from_history(self, state: Feed, sub: Subscription, after: int) -> None:
+        try:
+            history = await self._read_for_join(state.name, after)
+        except BrokerUnavailable:
+            self._perform(state, state.drop(sub, Cut.SLOW))  # it resumes by reconnecting
+            return
+        finally:
+            self._resuming.discard(sub)
+        if self.feeds.get(state.name) is state:
+            self._perform(state, state.resume_history(sub, history))
 
     # Watching feeds
 
@@ -445,6 +509,8 @@ class Hub:
     async def aclose(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
         for watch in self._watches.values():
             if watch.retire is not None:
                 watch.retire.cancel()
