@@ -38,6 +38,14 @@ The floor declines permessage-deflate, so --compression adds livepush rows with
 clients offering it, compared with the plain floor: one with livepush's default
 configuration, one with `--ws-compression shared` where the server has it.
 
+`--servers cluster` is another scenario: livepush with 2 workers and --feeds feeds
+(200), the subscribers spread evenly over the feeds (and so over both workers), the
+entries round-robin over the feeds (--rate is the total), once on one redis-server and
+once on a three-primary Redis Cluster (redis-cli --cluster create, no replicas), side
+by side in the same interleaved rounds: the cluster's CPU per delivery against the one
+Redis's. Run it with a --rate that is a multiple of --feeds, e.g.
+    .venv/bin/python scripts/bench.py --servers cluster --rate 200 --memory-conns 0
+
 Run: .venv/bin/python scripts/bench.py [--servers floor,livepush] [--subscribers 5000]
      [--rate 10] [--duration 10] [--rounds 3] [--entry-size 1024] [--workers 2]
      [--compression] [--memory-conns 10000] [--max-rate] [--json results.json]
@@ -82,6 +90,7 @@ from benchkit import (
     log_tail,
     percentile_ms,
     publish_paced,
+    redis_cluster,
     redis_server,
     spawned,
     tree_cpu_exact,
@@ -104,6 +113,8 @@ class Variant:
     workers: int = 1
     deflate: bool = False  # the clients offer permessage-deflate
     server_flags: tuple[str, ...] = ()
+    feeds: int = 0  # 0: one feed; N: subscribers and entries spread over N feeds
+    cluster: bool = False  # on a three-primary Redis Cluster instead of one redis-server
 
     @property
     def slug(self) -> str:
@@ -253,14 +264,13 @@ def livepush_flags() -> str:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    variant: Variant, redis_port: int, name: str, ping_interval: float | None = None
+    variant: Variant, redis_url: str, name: str, ping_interval: float | None = None
 ) -> AsyncIterator[tuple[Child, int]]:
     """Start one server pinned to the server core; yield it once it accepts connections."""
     port = free_port()
     env = dict(os.environ)
     if ping_interval is not None:
         env["LIVEPUSH_PING_INTERVAL"] = str(ping_interval)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
     if variant.server == "floor":
         argv = [str(VENV_BIN / "python"), str(FLOOR), "--port", str(port)]
         argv += ["--redis-url", redis_url, "--feed", FEED]
@@ -345,11 +355,12 @@ async def measure_memory(variant: Variant, args: argparse.Namespace) -> tuple[fl
     name = f"{variant.slug}-memory"
     async with contextlib.AsyncExitStack() as stack:
         redis_port = await stack.enter_async_context(redis_server(f"{name}-redis"))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
         # livepush builds a socket's websockets protocol at its first ping (or frame):
         # short ping intervals, and a wait past two of them, so that every socket
         # measured is in its steady state. The floor never pings.
         server, port = await stack.enter_async_context(
-            server_process(variant, redis_port, name, ping_interval=MEMORY_PING_INTERVAL)
+            server_process(variant, redis_url, name, ping_interval=MEMORY_PING_INTERVAL)
         )
         # A few warm connections first, so lazily built state is in the baseline.
         warm = await stack.enter_async_context(
@@ -375,13 +386,22 @@ async def start_contender(
 ) -> Contender:
     """Its own redis-server, the server, its subscribers connected (timed), a warm-up."""
     result = Result(variant)
-    redis_port = await stack.enter_async_context(redis_server(f"{variant.slug}-redis"))
-    server, port = await stack.enter_async_context(
-        server_process(variant, redis_port, variant.slug)
-    )
+    redis_port = 0
+    if variant.cluster:
+        redis_url = await stack.enter_async_context(redis_cluster(f"{variant.slug}-redis"))
+    else:
+        redis_port = await stack.enter_async_context(redis_server(f"{variant.slug}-redis"))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    server, port = await stack.enter_async_context(server_process(variant, redis_url, variant.slug))
     group = await stack.enter_async_context(
         loadgens(
-            port, args.subscribers, variant.slug, variant.deflate, args.subscribe, args.deadline
+            port,
+            args.subscribers,
+            variant.slug,
+            variant.deflate,
+            args.subscribe,
+            args.deadline,
+            variant.feeds,
         )
     )
     await wait_for_quiet(args)
@@ -398,7 +418,7 @@ async def start_contender(
     publisher: Publisher = (
         FloorPublisher(redis_port)
         if variant.server == "floor"
-        else LivepushPublisher(port, args.publishers)
+        else LivepushPublisher(port, args.publishers, variant.feeds)
     )
     stack.push_async_callback(publisher.aclose)
     contender = Contender(result, server, group, publisher)
@@ -413,6 +433,9 @@ async def measure_window(
     """Publish at `rate` for `duration` s; server CPU and what the loadgens saw."""
     server, group = contender.server, contender.group
     count = max(1, round(rate * duration))
+    feeds = contender.result.variant.feeds
+    if feeds:  # the same count to every feed, so FIRST..LAST holds for each
+        count = -(-count // feeds) * feeds
     for lg in group:
         await lg.send("reset")
     user_before, system_before = tree_cpu_seconds(server.pid)
@@ -739,6 +762,22 @@ def target_lines(
                 f"{name}: the server accepted permessage-deflate on {r.deflate_accepted} of "
                 f"{args.subscribers} connections"
             )
+        if r.variant.cluster:
+            one = next(
+                (
+                    o.window
+                    for o in results
+                    if o.variant.feeds == r.variant.feeds and not o.variant.cluster
+                ),
+                None,
+            )
+            if one is not None:
+                ratio = w.cpu_us / one.cpu_us
+                yield (
+                    f"{name}: CPU/delivery within 1.1x of one Redis: {verdict(ratio <= 1.10)} "
+                    f"({w.cpu_us:.2f} vs {one.cpu_us:.2f} µs, {ratio:.2f}x; deliveries/s "
+                    f"{w.deliveries_per_s:,.0f} vs {one.deliveries_per_s:,.0f})"
+                )
         if r.variant.workers > 1 and single:
             ratio = w.cpu_us / single.cpu_us
             yield (
@@ -753,7 +792,14 @@ def target_lines(
 def variants(args: argparse.Namespace) -> list[Variant]:
     chosen = []
     for server in args.servers.split(","):
-        if server == "floor":
+        if server == "cluster":
+            feeds = args.feeds
+            label = f"livepush {feeds} feeds, 2 workers"
+            chosen.append(Variant(f"{label}, one Redis", "livepush", workers=2, feeds=feeds))
+            chosen.append(
+                Variant(f"{label}, 3-primary cluster", "livepush", 2, feeds=feeds, cluster=True)
+            )
+        elif server == "floor":
             chosen.append(Variant("floor", "floor"))
         elif server == "livepush":
             chosen.append(Variant("livepush", "livepush"))
@@ -773,7 +819,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
                 label = f"livepush {args.workers} workers"
                 chosen.append(Variant(label, "livepush", workers=args.workers))
         else:
-            raise SystemExit(f"unknown server {server!r}: floor or livepush")
+            raise SystemExit(f"unknown server {server!r}: floor, livepush or cluster")
     return chosen
 
 
@@ -788,7 +834,12 @@ def pin_to_load_core() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = p.add_argument
-    add("--servers", default="floor,livepush", help="comma-separated: floor, livepush")
+    add(
+        "--servers",
+        default="floor,livepush",
+        help="comma-separated: floor, livepush, cluster (the Redis Cluster scenario)",
+    )
+    add("--feeds", type=int, default=200, help="feeds of the cluster scenario")
     add("--subscribers", type=int, default=5000)
     add("--rate", type=float, default=10, help="entries per second")
     add("--entry-size", type=int, default=1024, help="bytes of event JSON, about")

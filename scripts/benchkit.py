@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,43 @@ async def redis_server(name: str) -> AsyncIterator[int]:
         async with spawned(name, argv, stdout=log, stderr=log) as child:
             await wait_for_port(port, child, 20)
             yield port
+
+
+@contextlib.asynccontextmanager
+async def redis_cluster(name: str, primaries: int = 3) -> AsyncIterator[str]:
+    """A private Redis Cluster of `primaries` primaries (no replicas, no persistence),
+    joined by `redis-cli --cluster create`; yields its redis+cluster:// URL."""
+    ports = [free_port() for _ in range(primaries)]
+    async with contextlib.AsyncExitStack() as stack:
+        for i, port in enumerate(ports):
+            log = stack.enter_context(log_file(f"{name}-{i}"))
+            argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+            argv += ["--appendonly", "no", "--cluster-enabled", "yes"]
+            argv += ["--cluster-port", str(free_port()), "--dir", str(LOGS)]
+            argv += ["--cluster-config-file", f"{name}-{i}-nodes.conf"]
+            (LOGS / f"{name}-{i}-nodes.conf").unlink(missing_ok=True)
+            child = await stack.enter_async_context(
+                spawned(f"{name}-{i}", argv, stdout=log, stderr=log)
+            )
+            await wait_for_port(port, child, 20)
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports)]
+        create += ["--cluster-replicas", "0", "--cluster-yes"]
+        done = await asyncio.create_subprocess_exec(
+            *create, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        if await asyncio.wait_for(done.wait(), 60):
+            raise RuntimeError(f"{name}: redis-cli --cluster create failed")
+        client = redis.Redis(port=ports[0])
+        try:
+            deadline = time.monotonic() + 30
+            # redis-py leaves execute_command unannotated.
+            while b"cluster_state:ok" not in await client.execute_command("CLUSTER", "INFO"):  # type: ignore[no-untyped-call]
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: the cluster did not come up")
+                await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
 
 def free_port() -> int:
@@ -358,19 +396,25 @@ class FloorPublisher:
 class LivepushPublisher:
     """POSTs entries over a small pool of keep-alive connections; the server assigns seqs."""
 
-    def __init__(self, port: int, connections: int) -> None:
+    def __init__(self, port: int, connections: int, feeds: int = 0) -> None:
         self.pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
         for _ in range(connections):
             self.pool.put_nowait(HttpConnection(port))
         self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        # feeds > 0: entries go round-robin to FEED-0 .. FEED-(feeds - 1), as the
+        # loadgens' --feeds subscribes them.
+        self.feeds = feeds
+        self.published = 0
 
     async def publish(self, fields: dict[str, Any]) -> int:
+        feed = f"{FEED}-{self.published % self.feeds}" if self.feeds else FEED
+        self.published += 1
         connection = await self.pool.get()
         try:
             fields["meta"]["t"] = time.time_ns()
             status, body = await asyncio.wait_for(
                 connection.request(
-                    "POST", f"/v1/feeds/{FEED}/entries", orjson.dumps(fields), self.headers
+                    "POST", f"/v1/feeds/{feed}/entries", orjson.dumps(fields), self.headers
                 ),
                 10,
             )
@@ -407,7 +451,11 @@ class PublishResult:
         return max(self.seqs) if self.seqs else 0
 
     def contiguous(self) -> bool:
-        return len(self.seqs) == self.last - self.first + 1 == len(set(self.seqs))
+        """Every seq of first..last answered, each as often (once per feed)."""
+        counts = Counter(self.seqs)
+        return (
+            set(counts) == set(range(self.first, self.last + 1)) and len(set(counts.values())) <= 1
+        )
 
 
 async def publish_paced(
@@ -493,7 +541,13 @@ class Loadgen:
 
 @contextlib.asynccontextmanager
 async def loadgens(
-    port: int, total: int, label: str, deflate: bool, subscribe: str, deadline: float
+    port: int,
+    total: int,
+    label: str,
+    deflate: bool,
+    subscribe: str,
+    deadline: float,
+    feeds: int = 0,
 ) -> AsyncIterator[list[Loadgen]]:
     """Enough loadgen processes for `total` connections, all stopped on the way out."""
     sizes = split_evenly(total, max(1, -(-total // CONNS_PER_LOADGEN)))
@@ -518,6 +572,8 @@ async def loadgens(
             ]
             if deflate:
                 argv.append("--deflate")
+            if feeds:
+                argv += ["--feeds", str(feeds)]
             child = await stack.enter_async_context(
                 spawned(
                     f"loadgen {label}-{i}",

@@ -1,5 +1,8 @@
 /*
- * loadgen: an epoll WebSocket client that holds many subscriptions to one feed.
+ * loadgen: an epoll WebSocket client that holds many subscriptions to one feed, or
+ * (--feeds N) spread over N feeds named FEED-0..FEED-(N-1): connection i takes feed
+ * i % N. A report's FIRST..LAST then holds for every feed alike, which is what the
+ * harness publishes (the same count to each feed, round-robin).
  *
  * One thread, one epoll set, level-triggered. It opens --conns connections to
  * --host:--port, upgrades each to WebSocket on --path (optionally offering
@@ -60,6 +63,7 @@ static struct {
     int port;
     const char *path;
     const char *feed;
+    int feeds; /* 0: every connection on --feed; N: on FEED-(i % N) */
     enum subscribe_mode mode;
     int conns;
     int concurrency; /* handshakes in flight at once */
@@ -73,6 +77,7 @@ static struct {
     .port = 8000,
     .path = NULL,
     .feed = "bench",
+    .feeds = 0,
     .mode = SUBSCRIBE_BY_PATH,
     .conns = 100,
     .concurrency = 512,
@@ -167,6 +172,10 @@ struct conn {
 static struct conn *conns;
 static int epfd;
 
+static int feed_of(const struct conn *c) {
+    return opt.feeds ? (int)((c - conns) % opt.feeds) : 0;
+}
+
 /* Counters since the last reset (the report's window). */
 static struct {
     uint64_t received; /* entry.created events */
@@ -199,8 +208,9 @@ static struct {
 static int next_to_open;
 static int in_flight;
 
-static char *handshake_req;
-static size_t handshake_len;
+static char **handshake_reqs; /* one per feed (--feeds), or one */
+static size_t *handshake_lens;
+static char **feed_names;
 
 /* The RFC 6455 sample key and its accept value. */
 static const char WS_KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -662,7 +672,8 @@ static void on_handshake_bytes(struct conn *c, int64_t read_ns) {
     }
     if (opt.mode == SUBSCRIBE_BY_MESSAGE) {
         char msg[200];
-        int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"feed\":\"%s\"}", opt.feed);
+        int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"feed\":\"%s\"}",
+                         feed_names[feed_of(c)]);
         send_frame(c, 1, msg, (size_t)n);
     }
     keep_tail(c, c->in, c->in_len, parse_frames(c, c->in, c->in_len, read_ns));
@@ -717,7 +728,7 @@ static void on_writable(struct conn *c) {
         }
         c->state = CONN_HANDSHAKE;
         watch(c, EPOLLIN, EPOLL_CTL_MOD);
-        conn_send(c, handshake_req, handshake_len);
+        conn_send(c, handshake_reqs[feed_of(c)], handshake_lens[feed_of(c)]);
         return;
     }
     conn_flush(c);
@@ -853,7 +864,7 @@ static int all_caught_up(int64_t last) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen [--host 127.0.0.1] [--port 8000] [--feed bench]\n"
+            "usage: loadgen [--host 127.0.0.1] [--port 8000] [--feed bench] [--feeds N]\n"
             "               [--path /v1/ws?feed=bench] [--subscribe path|message]\n"
             "               [--conns N] [--concurrency N] [--deflate]\n"
             "               [--duration S] [--deadline S] [--control] [--name NAME]\n");
@@ -868,6 +879,7 @@ int main(int argc, char **argv) {
         {"concurrency", required_argument, 0, 'c'}, {"deflate", no_argument, 0, 'z'},
         {"duration", required_argument, 0, 'd'}, {"deadline", required_argument, 0, 'D'},
         {"control", no_argument, 0, 'C'},       {"name", required_argument, 0, 'N'},
+        {"feeds", required_argument, 0, 'F'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -889,17 +901,12 @@ int main(int argc, char **argv) {
             case 'D': opt.deadline = atof(optarg); break;
             case 'C': opt.control = 1; break;
             case 'N': opt.name = optarg; break;
+            case 'F': opt.feeds = atoi(optarg); break;
             default: usage();
         }
     }
-    if (opt.conns <= 0 || opt.concurrency <= 0 || opt.deadline <= 0) usage();
-
-    static char path_buf[512];
-    if (!opt.path) {
-        if (opt.mode == SUBSCRIBE_BY_PATH) snprintf(path_buf, sizeof path_buf, "/v1/ws?feed=%s", opt.feed);
-        else snprintf(path_buf, sizeof path_buf, "/v1/ws");
-        opt.path = path_buf;
-    }
+    if (opt.conns <= 0 || opt.concurrency <= 0 || opt.deadline <= 0 || opt.feeds < 0) usage();
+    if (opt.feeds && opt.path) usage(); /* --path names one feed */
 
     /* Every connection is a descriptor: take the hard limit. */
     struct rlimit rl;
@@ -913,17 +920,30 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     alarm((unsigned)opt.deadline + 5); /* last resort if the loop itself wedges */
 
-    char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
-                     opt.path, opt.host, opt.port, WS_KEY,
-                     opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
-                                   "client_max_window_bits\r\n"
-                                 : "");
-    handshake_req = strdup(req);
-    handshake_len = (size_t)n;
+    int nfeeds = opt.feeds ? opt.feeds : 1;
+    handshake_reqs = calloc((size_t)nfeeds, sizeof *handshake_reqs);
+    handshake_lens = calloc((size_t)nfeeds, sizeof *handshake_lens);
+    feed_names = calloc((size_t)nfeeds, sizeof *feed_names);
+    if (!handshake_reqs || !handshake_lens || !feed_names) die("calloc");
+    for (int k = 0; k < nfeeds; k++) {
+        char name[200], path[512], req[1024];
+        if (opt.feeds) snprintf(name, sizeof name, "%s-%d", opt.feed, k);
+        else snprintf(name, sizeof name, "%s", opt.feed);
+        if (opt.path) snprintf(path, sizeof path, "%s", opt.path);
+        else if (opt.mode == SUBSCRIBE_BY_PATH) snprintf(path, sizeof path, "/v1/ws?feed=%s", name);
+        else snprintf(path, sizeof path, "/v1/ws");
+        int n = snprintf(req, sizeof req,
+                         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                         "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                         path, opt.host, opt.port, WS_KEY,
+                         opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                       "client_max_window_bits\r\n"
+                                     : "");
+        feed_names[k] = strdup(name);
+        handshake_reqs[k] = strdup(req);
+        handshake_lens[k] = (size_t)n;
+    }
 
     conns = calloc((size_t)opt.conns, sizeof *conns);
     if (!conns) die("calloc");
