@@ -70,7 +70,7 @@ async def test_each_socket_class_is_a_socket() -> None:
         # Annotated: mypy checks each class against the protocol, member by member.
         websocket: Socket = fast_socket(ws_transport)
         host: StreamHost = Host(sse_transport, keep_alive=True)
-        stream: Socket = SseSocket(host, HEAD)
+        stream: Socket = SseSocket(host, HEAD, lambda: None)
         assert isinstance(websocket, Socket)
         assert isinstance(stream, Socket)
 
@@ -102,10 +102,12 @@ async def test_a_websocket_ping_unanswered_at_its_next_turn_closes_with_1011() -
 async def test_an_event_stream_closes_with_its_last_chunk_and_ends_the_response() -> None:
     async with connected() as (transport, reader):
         host = Host(transport, keep_alive=False)
-        stream = SseSocket(host, HEAD)
+        ends: list[None] = []
+        stream = SseSocket(host, HEAD, lambda: ends.append(None))
         stream.close(CloseCode.SERVICE_RESTART)
+        stream.close(CloseCode.SERVICE_RESTART)  # again: nothing more
         assert stream.closing
-        assert stream.ended.done()
+        assert ends == [None]  # at once, and once: its subscription goes then
         assert host.ended
         assert await gone(reader, 5) == HEAD + LAST_CHUNK
 
@@ -113,8 +115,17 @@ async def test_an_event_stream_closes_with_its_last_chunk_and_ends_the_response(
 async def test_a_too_slow_event_stream_is_aborted_without_its_last_chunk() -> None:
     async with connected() as (transport, reader):
         host = Host(transport, keep_alive=True)
-        stream = SseSocket(host, HEAD)
+        stream = SseSocket(host, HEAD, lambda: None)
         await asyncio.wait_for(reader.readexactly(len(HEAD)), 5)
         stream.close(CloseCode.TRY_AGAIN_LATER)
         assert host.ended  # uvicorn is told the response is over
         assert await gone(reader, 5) == b""
+
+
+async def test_an_event_stream_whose_reader_left_ends_at_once() -> None:
+    async with connected() as (transport, _):
+        ends: list[None] = []
+        stream = SseSocket(Host(transport, keep_alive=True), HEAD, lambda: ends.append(None))
+        stream.connection_lost(None)  # what the host calls when the connection is gone
+        assert ends == [None]  # before any other callback: no fan-out writes to it
+        assert stream.closing

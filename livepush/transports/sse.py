@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from livepush.api.ingest import feed_of
 from livepush.errors import BadPosition, BadSince, BrokerUnavailable, Forbidden, NotFound
-from livepush.hub import Format, Hub, sse_comment, sse_control
+from livepush.hub import Format, Hub, Subscription, sse_comment, sse_control
 from livepush.model import CloseCode
 from livepush.runtime import SseStream, runtime_of
 from livepush.transports.base import ABORT_AFTER, Socket
@@ -61,19 +62,31 @@ class SseSocket:
     """An event stream on its HTTP connection; implements `base.Socket`.
 
     Reads nothing: the host tells it when the reader is gone (`connection_lost`).
+    `on_end` runs the moment the stream ends, closed or lost, so its subscription
+    goes then: a fan-out in the same loop turn would otherwise write past the last
+    chunk, or to a transport already closed (uvloop raises).
     """
 
-    __slots__ = ("_abort", "_host", "buffered", "ended", "transport", "write")
+    __slots__ = ("_abort", "_host", "_on_end", "buffered", "ended", "transport", "write")
 
-    def __init__(self, host: StreamHost, head: bytes) -> None:
+    def __init__(self, host: StreamHost, head: bytes, on_end: Callable[[], None]) -> None:
         transport = self.transport = host.take_response(self)
         self._host = host
+        self._on_end = on_end
         self.write = transport.write
         self.buffered = transport.get_write_buffer_size
         # Done when the stream ends: closed by livepush, or the reader left.
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._abort: asyncio.TimerHandle | None = None
         transport.write(head)
+
+    def _end(self) -> bool:
+        """Mark the stream ended, once; False if it already was."""
+        if self.ended.done():
+            return False
+        self.ended.set_result(None)
+        self._on_end()
+        return True
 
     @property
     def closing(self) -> bool:
@@ -92,9 +105,8 @@ class SseSocket:
         closes after the last chunk (drain) is aborted if the reader has not taken it
         within ABORT_AFTER.
         """
-        if self.ended.done():
+        if not self._end():
             return
-        self.ended.set_result(None)
         transport = self.transport
         if code is CloseCode.TRY_AGAIN_LATER:
             transport.abort()
@@ -111,8 +123,7 @@ class SseSocket:
         if self._abort is not None:
             self._abort.cancel()
             self._abort = None
-        if not self.ended.done():
-            self.ended.set_result(None)
+        self._end()
 
 
 class SseConnection:
@@ -215,20 +226,26 @@ class EventStream:
         self.feed, self.since, self.epoch = feed, since, epoch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        socket = SseSocket(self.host, self.head + FIRST_CHUNK)
-        conn = SseConnection(socket)
+        sub: Subscription | None = None
+
+        def ended() -> None:
+            self.streams.discard(socket)
+            if sub is not None:
+                self.hub.unsubscribe(sub)
+
+        socket = SseSocket(self.host, self.head + FIRST_CHUNK, ended)
         self.streams.add(socket)
-        sub = None
         try:
             try:
-                sub = await self.hub.subscribe(conn, self.feed, self.since, self.epoch)
+                sub = await self.hub.subscribe(
+                    SseConnection(socket), self.feed, self.since, self.epoch
+                )
             except BrokerUnavailable:
                 # No `event: error`: EventSource's own error event has that name.
                 socket.write(sse_comment(b"broker unavailable; reconnect shortly"))
                 socket.close(CloseCode.SERVICE_RESTART)
             await socket.ended
         finally:
-            self.streams.discard(socket)
-            if sub is not None:
-                self.hub.unsubscribe(sub)
             socket.close(CloseCode.SERVICE_RESTART)  # cancelled: end it; else nothing
+            if sub is not None:
+                self.hub.unsubscribe(sub)  # joined after the stream ended: safe twice

@@ -11,7 +11,7 @@ The uvicorn internals this relies on, all of them. pyproject.toml bounds uvicorn
 any of these without notice, so raise it only with a `./dev upgrade` that passes.
 
 - `Config(http=...)` takes a protocol class, which `Server.startup` builds once per
-  connection as `cls(config=, server_state=, app_state=)`: `FirstRequest` has that
+  connection as `cls(config=, server_state=, app_state=, _loop=)`: `FirstRequest` has that
   signature. Changed, every connection fails with a TypeError.
 - `ServerState.connections`: the set uvicorn calls `shutdown()` on at SIGTERM and waits
   to empty. `FirstRequest` and `FastSocket` join and leave it themselves. Changed,
@@ -127,7 +127,7 @@ class FirstRequest(asyncio.Protocol):
         config = self.config
         FastSocket.take_over(
             self.transport,
-            UpgradeRequest(self.method, self.http_version, self.url, self.headers, self.rest()),
+            UpgradeRequest(self.method, self.http_version, self.url, self.headers, self.rest),
             fast,
             self.connections,
             config.ws_max_size,
@@ -163,6 +163,7 @@ class FirstRequest(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
+    @property
     def rest(self) -> bytes:
         """What the client sent after its request head (its first frames)."""
         return self.seen[self.end :]
