@@ -11,7 +11,16 @@
 // origin this module was loaded from), transport ("auto" | "ws" | "sse"; a page URL
 // with ?transport=sse or ?transport=ws overrides "auto", for tests and support),
 // receipts (ask the server for propagation receipts; WebSocket only; needs `token`, a
-// publisher token), snapshotLimit.
+// publisher token), snapshotLimit, token.
+//
+// token: a private feed's reader token (a JWT) or a publisher token, as a string, or a
+// function (async or not) that returns one. The function is called before the first
+// connection, and again whenever the token runs out: the server's `unsubscribed` with
+// reason `token_expired`, a refusal (`unauthorized`), or a JWT whose `exp` has passed
+// before a reconnect. The subscription then continues from the last seq and epoch, so
+// nothing is missed. With a token, the WebSocket subscribes by message and never puts
+// it in a URL; SSE can only send it as `?token=` (livepush's access logs redact it).
+// A token the server keeps refusing ends the subscription with status "denied".
 //
 // Guarantee to the page: events arrive in seq order, each once. A duplicate (seq <= last)
 // is dropped; a hole makes the client reconnect from its last seq so the server replays
@@ -28,7 +37,9 @@ const BLOCKED_AFTER = 2;
 
 const EVENT_NAMES = { "entry.created": "created", "entry.updated": "updated", "entry.deleted": "deleted" };
 // Not "error": that name is EventSource's own connection-error event, which has no data.
-const SSE_TYPES = ["message", "subscribed", "reset", "receipt", ...Object.keys(EVENT_NAMES)];
+const SSE_TYPES = ["message", "subscribed", "reset", "receipt", "unsubscribed", ...Object.keys(EVENT_NAMES)];
+// A JWT this close to its `exp` is renewed before a connection rather than sent.
+const TOKEN_MARGIN_MS = 5_000;
 
 export function subscribe(feed, options = {}) {
   return new Feed(feed, options);
@@ -52,6 +63,9 @@ export class Feed {
   #status = null;
   #reported = null; // the status and transport listeners last heard, as one string
   #closed = false;
+  #token = null; // the token in use (from options.token), once known
+  #renewToken = false; // the next connection asks options.token for a fresh one
+  #refusals = 0; // refusals of this feed since a token last worked
 
   constructor(feed, options) {
     this.feed = feed;
@@ -65,6 +79,7 @@ export class Feed {
     addEventListener("online", this.#wake);
     addEventListener("offline", this.#wentOffline);
     document.addEventListener("visibilitychange", this.#wake);
+    if (typeof options.token === "string") this.#token = options.token;
     this.#setStatus("connecting");
     this.#connect();
   }
@@ -112,12 +127,10 @@ export class Feed {
   async #connect() {
     this.#timer = null;
     if (this.#closed || this.#conn || this.#connecting) return;
-    if (this.#needsSnapshot) {
-      this.#connecting = true;
-      const reloaded = await this.#reloadSnapshot();
-      this.#connecting = false;
-      if (!reloaded) return this.#retryLater();
-    }
+    this.#connecting = true;
+    const ready = (await this.#readyToken()) && (!this.#needsSnapshot || (await this.#reloadSnapshot()));
+    this.#connecting = false;
+    if (!ready) return this.#retryLater();
     if (this.#closed || this.#conn || this.#timer) return;
     if (this.#transport === "ws") this.#openWebSocket();
     else this.#openEventSource();
@@ -177,11 +190,45 @@ export class Feed {
     const msg = { type: "subscribe", feed: this.feed };
     if (this.#lastSeq !== null) msg.since = this.#lastSeq;
     if (this.#epoch !== null) msg.epoch = this.#epoch;
-    if (this.#options.receipts) {
-      msg.receipts = true;
-      msg.token = this.#options.token; // receipts are for editors: a publisher token
-    }
+    if (this.#options.receipts) msg.receipts = true; // for editors: a publisher token
+    if (this.#token) msg.token = this.#token;
     return msg;
+  }
+
+  // The token for the next connection: options.token's string, or what its function
+  // returns when there is none yet, when it was asked to renew, or when the JWT in hand
+  // expires within TOKEN_MARGIN_MS. False when the function failed (retry later).
+  async #readyToken() {
+    const source = this.#options.token;
+    if (typeof source !== "function") return true;
+    if (this.#token !== null && !this.#renewToken && !expiresSoon(this.#token)) return true;
+    try {
+      const token = await source();
+      if (typeof token !== "string" || !token) return false;
+      this.#token = token;
+      this.#renewToken = false;
+      return true;
+    } catch (err) {
+      console.error("livepush token function failed", err);
+      return false;
+    }
+  }
+
+  // The token ran out (`unsubscribed`, token_expired) or was refused: renew it and
+  // subscribe again from the last seq and epoch. A token that keeps being refused
+  // (a string cannot be renewed; a function that returns refused ones) is given up.
+  #tokenRefused(expired) {
+    if (!expired) this.#refusals += 1;
+    const renewable = typeof this.#options.token === "function";
+    if (this.#refusals > (renewable ? 1 : 0)) {
+      this.#drop();
+      clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#setStatus("denied");
+      return;
+    }
+    this.#renewToken = renewable;
+    this.#restartNow();
   }
 
   #openWebSocket() {
@@ -189,8 +236,8 @@ export class Feed {
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     // A reader's subscription rides in the URL (the SPEC's ?feed=&since=&epoch=): the
     // server answers the upgrade and `subscribed` in one write, a round trip sooner
-    // than a message after the open. Receipts need a token, which stays out of URLs.
-    const inUrl = !this.#options.receipts;
+    // than a message after the open. A token (receipts, a private feed) stays out of URLs.
+    const inUrl = !this.#options.receipts && !this.#token;
     if (inUrl) {
       url.searchParams.set("feed", this.feed);
       if (this.#lastSeq !== null) url.searchParams.set("since", this.#lastSeq);
@@ -250,6 +297,7 @@ export class Feed {
     const url = new URL(`v1/feeds/${encodeURIComponent(this.feed)}/events`, this.#base);
     if (this.#lastSeq !== null) url.searchParams.set("since", this.#lastSeq);
     if (this.#epoch !== null) url.searchParams.set("epoch", this.#epoch);
+    if (this.#token) url.searchParams.set("token", this.#token); // EventSource sends no headers
     const source = new EventSource(url);
     const conn = { kind: "sse", close: () => source.close(), probe: () => {} };
     this.#conn = conn;
@@ -275,6 +323,7 @@ export class Feed {
       case "subscribed":
         if (this.#lastSeq === null) this.#lastSeq = msg.head_seq;
         this.#epoch = msg.epoch;
+        this.#refusals = 0;
         this.#live();
         this.#emit("subscribed", msg);
         return;
@@ -302,8 +351,15 @@ export class Feed {
       case "receipt":
         this.#emit("receipt", msg);
         return;
+      case "unsubscribed":
+        this.#emit("unsubscribed", msg);
+        if (msg.reason === "token_expired") this.#tokenRefused(true);
+        return;
       case "error":
         this.#emit("error", msg);
+        if (msg.feed === this.feed && (msg.code === "unauthorized" || msg.code === "forbidden")) {
+          this.#tokenRefused(false);
+        }
         return;
     }
   }
@@ -315,7 +371,10 @@ export class Feed {
     url.searchParams.set("limit", this.#options.snapshotLimit ?? 50);
     let snapshot;
     try {
-      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      const headers = { Accept: "application/json" };
+      if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+      const response = await fetch(url, { headers });
+      if (response.status === 401) this.#renewToken = typeof this.#options.token === "function";
       if (!response.ok) return false;
       snapshot = await response.json();
     } catch {
@@ -327,6 +386,18 @@ export class Feed {
     this.#epoch = snapshot.epoch;
     this.#emit("reset", snapshot);
     return true;
+  }
+}
+
+// Whether a JWT's `exp` (read, not verified: only the server can) is within the margin.
+// Any other token (a publisher's, an opaque one) never expires here.
+function expiresSoon(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const { exp } = JSON.parse(atob(payload));
+    return typeof exp === "number" && exp * 1000 - Date.now() < TOKEN_MARGIN_MS;
+  } catch {
+    return false;
   }
 }
 

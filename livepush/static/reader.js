@@ -13,7 +13,10 @@ const STATUS_TEXT = {
   reconnecting: "Reconnecting…",
   offline: "Offline, waiting for the network",
   closed: "Disconnected",
+  denied: "This feed needs a valid reader token",
 };
+// How long the page waits for the embedding site to answer a token request.
+const TOKEN_WAIT_MS = 10_000;
 const TRANSPORT_TEXT = { ws: "WebSocket", sse: "SSE" };
 
 export function startReader(main, subscribe) {
@@ -30,11 +33,19 @@ export function startReader(main, subscribe) {
   for (const time of list.querySelectorAll("time[datetime]")) localizeTime(time);
   olderButton.hidden = oldestLoaded <= 1;
 
+  // A private feed's page was opened with a reader token (?token= or Bearer), which
+  // the server handed back on <main>. The page keeps it out of the address bar (and so
+  // out of bookmarks and shared links) and uses it for its subscription and reads;
+  // when it runs out, the embedding site is asked for a fresh one (hostToken).
+  const host = main.dataset.token ? hostToken(feedName, main.dataset.token) : null;
+  if (host) forgetTokenInUrl();
+
   // Resume exactly where the server-rendered snapshot ends.
   const headSeq = Number.parseInt(main.dataset.headSeq, 10);
   const feed = subscribe(feedName, {
     since: Number.isInteger(headSeq) ? headSeq : undefined,
     epoch: main.dataset.epoch || undefined,
+    token: host?.token,
   });
 
   feed.on("status", ({ status: state, transport }) => {
@@ -142,7 +153,9 @@ export function startReader(main, subscribe) {
     olderButton.textContent = "Loading…";
     try {
       const url = `/v1/feeds/${encodeURIComponent(feedName)}/snapshot?before=${oldestLoaded}&limit=${OLDER_PAGE}`;
-      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      const headers = { Accept: "application/json" };
+      if (host) headers.Authorization = `Bearer ${host.current()}`;
+      const response = await fetch(url, { headers });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const page = await response.json();
       // The page may repeat pinned entries (the snapshot always holds them): skip those.
@@ -162,6 +175,51 @@ export function startReader(main, subscribe) {
 
   refresh();
   return feed;
+}
+
+// The reader token of a private feed's page, renewed by the site that embeds the page:
+// livepush.js calls token() first for the token the page came with, then each time it
+// runs out, when the page posts {type: "livepush:token-needed", feed} to its parent and
+// takes the first {type: "livepush:token", token} the parent posts back (the parent may
+// also post one at any time). A page that is not framed, or whose parent does not
+// answer, keeps the token it has: the server's refusal then ends the subscription.
+export function hostToken(feed, initial) {
+  let current = initial;
+  let first = true;
+  let waiting = null; // resolves a pending request with the next token the parent posts
+  addEventListener("message", (e) => {
+    if (e.source !== window.parent || e.data?.type !== "livepush:token") return;
+    if (typeof e.data.token !== "string" || !e.data.token) return;
+    current = e.data.token;
+    waiting?.(current);
+  });
+  const ask = () =>
+    new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(current), TOKEN_WAIT_MS);
+      waiting = (token) => {
+        clearTimeout(timer);
+        waiting = null;
+        resolve(token);
+      };
+      window.parent.postMessage({ type: "livepush:token-needed", feed }, "*");
+    });
+  return {
+    current: () => current,
+    token: async () => {
+      if (first || window.parent === window) {
+        first = false;
+        return current;
+      }
+      return ask();
+    },
+  };
+}
+
+function forgetTokenInUrl() {
+  const url = new URL(location.href);
+  if (!url.searchParams.has("token")) return;
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url);
 }
 
 // One entry as an <article>; the same markup as render_entry() in pages.py.
