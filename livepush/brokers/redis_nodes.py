@@ -254,7 +254,6 @@ class Cluster:
         self._servers: dict[str, Server] = {}
         self._pubsubs: dict[str, Redis] = {}
         self._refreshing: asyncio.Task[None] | None = None
-        self.refreshes = 0
 
     def server(self, name: str) -> Server:
         server = self._servers.get(name)
@@ -350,7 +349,6 @@ class Cluster:
                 host = primary[0].decode() or name.rpartition(":")[0]  # "": the one asked
                 owners[start : end + 1] = [f"{host}:{primary[1]}"] * (end - start + 1)
             self._owners = owners
-            self.refreshes += 1
             return
         raise BrokerUnavailable("no Redis Cluster node answered: " + "; ".join(errors))
 

@@ -22,7 +22,9 @@ from livepush.model import Event, EventType
 log = logging.getLogger("livepush.redis")
 
 PREFIX = "lp"
-RECONNECT_MIN, RECONNECT_MAX = 0.05, 5.0
+# Reconnect backoff, with full jitter: a failover takes seconds, and a whole fleet of
+# nodes must not reconnect in lockstep.
+RECONNECT_MIN, RECONNECT_MAX = 0.05, 2.0
 # A pub/sub connection that has been silent this long is pinged, so a dead peer
 # (a cable pulled, a paused VM) is noticed without waiting for TCP's own timeouts.
 IDLE_PING_SECONDS = 5.0
