@@ -38,6 +38,11 @@ def healthy(cluster: Cluster) -> None:
     cluster.wait_healthy()
 
 
+def subscribers(node: Server, feed: str) -> int:
+    count: int = httpx.get(f"{node.base_url}/v1/feeds/{feed}").json()["subscribers"]
+    return count
+
+
 def shards_connected(node: Server) -> dict[str, int]:
     text = httpx.get(node.base_url + "/metrics").text
     found = re.findall(r'^livepush_broker_shard_connected\{shard="([^"]+)"\} (\S+)$', text, re.M)
@@ -62,6 +67,25 @@ async def test_fifty_feeds_over_every_shard_reach_every_subscriber_in_order(
     for client in clients:
         await collect(client, dict.fromkeys(feeds, 8))
         assert_every_entry_once_in_order(client, accepted)
+    # Presence and receipts work across shards: per feed, on the feed's own slot.
+    one_per_shard = {cluster.primary_of(feed).port: feed for feed in feeds}.values()
+    for feed in one_per_shard:
+
+        def counted(feed: str = feed) -> bool:  # every node reports every 2 s
+            return subscribers(nodes[0], feed) == 4
+
+        await asyncio.to_thread(wait_until, counted, 20, "the subscribers of both nodes")
+        editor = await Client.connect(nodes[0].ws_url)
+        await editor.subscribe(feed, receipts=True, token=nodes[0].token)
+        async with httpx.AsyncClient() as http:
+            entry = await publish_until_accepted(http, nodes[1], feed, "receipt", f"r-{feed}")
+        while True:  # each node adds its figures: wait for both
+            receipt = await editor.recv_type("receipt")
+            if receipt["seq"] == entry["seq"] and receipt["nodes"] == 2:
+                break
+        assert receipt["delivered"] == 5  # the four clients and the editor
+        await editor.close()
+    for client in clients:
         await client.close()
     # One sharded pub/sub connection per primary, each connected.
     for node in nodes:
