@@ -63,6 +63,7 @@ async def test_a_primary_killed_mid_stream_loses_no_entry_with_min_replicas(
         assert_every_entry_once_in_order(client, accepted)
         await client.close()
     for node in nodes:  # each found the new primary, then caught up from history
+        assert metric(node, "livepush_broker_reconnects_total") >= 1
         assert metric(node, "livepush_broker_resyncs_total") >= 1
 
 

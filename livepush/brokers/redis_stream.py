@@ -152,18 +152,18 @@ class LiveStream:
             del self.shards[shard.name]
             await shard.close()
 
-    def rehome(self, shard: Shard, channels: list[str]) -> None:
-        """`shard` no longer carries these channels (their slot moved, or its primary
-        failed): subscribe them where they live now, then resync."""
+    def rehome(self, shard: Shard, channels: list[str], *, lost: bool = False) -> None:
+        """`shard` no longer carries these channels (their slot moved, or, `lost`, its
+        primary failed): subscribe them where they live now, then resync."""
         for channel in channels:
             shard.forget(channel)
             if self.homes.get(channel) is shard:
                 del self.homes[channel]
         if self.sharded and not shard.channels:
             self.spawn(self._close(shard))  # one connection per server carrying a feed
-        self.spawn(self._rehome(channels))
+        self.spawn(self._rehome(channels, lost))
 
-    async def _rehome(self, channels: list[str]) -> None:
+    async def _rehome(self, channels: list[str], lost: bool) -> None:
         delay = RECONNECT_MIN
         nodes = await self._nodes()
         while True:
@@ -174,7 +174,8 @@ class LiveStream:
                 await nodes.refresh()
                 for channel in channels:
                     if channel in self.feeds and channel not in self.homes:
-                        self._shard(nodes, await nodes.owner(channel)).add_moved(channel)
+                        shard = self._shard(nodes, await nodes.owner(channel))
+                        shard.add_moved(channel, lost=lost)
                 return
             except BrokerUnavailable as error:
                 self.trouble.failed("cluster", error)
@@ -234,6 +235,7 @@ class Shard:
         self.unconfirmed: set[str] = set()  # channels to confirm before the next resync
         self.leaving: Counter[str] = Counter()  # our own unsubscribes not yet confirmed
         self.connected = False
+        self.lost = False  # was connected, then failed: the next connect is a reconnect
         self.needs_resync = False
         self.pubsub: PubSub | None = None
         self.task: asyncio.Task[None] | None = None
@@ -250,11 +252,13 @@ class Shard:
             await self._send(self._subscribe, [channel])
         await waiting
 
-    def add_moved(self, channel: str) -> None:
-        """A channel that lived elsewhere: resync once it is confirmed here."""
+    def add_moved(self, channel: str, *, lost: bool) -> None:
+        """A channel that lived elsewhere: resync once it is confirmed here (`lost`: its
+        connection there failed, which counts as a reconnect)."""
         self.stream.homes[channel] = self
         self.channels.add(channel)
         self.needs_resync = True
+        self.lost = self.lost or lost
         self.unconfirmed.add(channel)
         if self.pubsub is not None:
             self.stream.spawn(self._send(self._subscribe, [channel]))
@@ -290,7 +294,6 @@ class Shard:
 
     async def run(self) -> None:
         delay = RECONNECT_MIN
-        was_up = False
         while True:
             try:
                 await self._connect()
@@ -298,10 +301,9 @@ class Shard:
                 await self._read()
             except (RedisError, OSError, BrokerUnavailable) as error:
                 self.stream.trouble.failed(f"pub/sub {self.name}", error)
-                if self.connected:
-                    was_up = True
+                self.lost = self.lost or self.connected
             self.connected = False
-            if self.channels or was_up:
+            if self.channels or self.lost:
                 self.needs_resync = True
             for waiting in self.waiting.values():
                 if not waiting.done():
@@ -327,7 +329,7 @@ class Shard:
                 if await nodes.owner(channel) != self.name:
                     moved.append(channel)
         if moved:
-            self.stream.rehome(self, moved)
+            self.stream.rehome(self, moved, lost=True)
         if not self.channels and self.stream.shards.get(self.name) is self:
             del self.stream.shards[self.name]
             return False
@@ -355,9 +357,11 @@ class Shard:
             self.connected = True
             self.stream.trouble.recovered(f"pub/sub {self.name}")
             log.info("Redis pub/sub %s connected, %d feeds", self.name, len(self.channels))
+        if self.lost:
+            self.lost = False
+            self.stream.reconnects += 1
         if self.needs_resync:
             self.needs_resync = False
-            self.stream.reconnects += 1
             self.stream.resync()
 
     async def _read(self) -> None:
