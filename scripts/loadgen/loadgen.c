@@ -15,13 +15,25 @@
  * (CLOCK_REALTIME), in the entry as  "meta": {"t": <ns>}.  The first "t" key of
  * the event is taken; the harness's entries have no other.
  *
+ * Resuming (--since N, with --epoch E): every connection subscribes after seq N
+ * (`?feed=F&since=N&epoch=E`, or the same fields in the subscribe message), as a
+ * reader coming back does; its first event must then be N+1, and anything else
+ * counts as a gap or a duplicate. With --until M, the moment each connection first
+ * holds seq M is kept: a report gives the last of those moments, the time the whole
+ * crowd was caught up.
+ *
+ * Source address (--source A): connections leave from A (any 127.x.y.z on loopback),
+ * each such address with its own ~28,000 ephemeral ports: 100,000 connections to one
+ * server port need several, and back-to-back connect bursts do not wait for the
+ * previous burst's TIME_WAIT ports.
+ *
  * Control: with --duration it runs by itself (connect, run, print, exit). Under the
  * harness (--control) it reads commands, one per line, on stdin:
  *   connect                       start connecting (so several processes start together)
  *   reset                         zero the counters, the histogram and the CPU baseline
- *   report FIRST LAST TIMEOUT_MS  once every subscribed connection has seen seq LAST
- *                                 (or the timeout passed), print a report for seqs
- *                                 FIRST..LAST
+ *   report FIRST LAST TIMEOUT_MS  once every connection has subscribed or failed and
+ *                                 every subscribed one has seen seq LAST (or the
+ *                                 timeout passed), print a report for seqs FIRST..LAST
  *   quit                          close everything, print the final report, exit
  * Every line it prints on stdout is one JSON object with an "event" field; logs go
  * to stderr. A hard deadline (--deadline, plus alarm()) bounds the run whatever
@@ -72,6 +84,11 @@ static struct {
     double deadline; /* hard limit on the whole run, seconds */
     int control;     /* commands on stdin */
     const char *name;
+    int has_since; /* --since given: each connection resumes after seq `since` */
+    int64_t since;
+    const char *epoch; /* with --since: the epoch that seq belongs to */
+    int64_t until;     /* > 0: note when each connection first holds this seq */
+    const char *source; /* local address to connect from, or NULL */
 } opt = {
     .host = "127.0.0.1",
     .port = 8000,
@@ -86,6 +103,11 @@ static struct {
     .deadline = 600,
     .control = 0,
     .name = "loadgen",
+    .has_since = 0,
+    .since = 0,
+    .epoch = NULL,
+    .until = 0,
+    .source = NULL,
 };
 
 static void logf_(const char *fmt, ...) {
@@ -164,7 +186,8 @@ struct conn {
     int in_fragment;
     z_stream *inflater; /* set when the server accepted permessage-deflate */
     int inflater_shared; /* server_no_context_takeover: one stream, reset per message */
-    int64_t last_seq;   /* 0 until the first event */
+    int64_t last_seq;   /* 0 until the first event (--since N: N) */
+    double caught_at;   /* --until: when it first held that seq, monotonic s */
     uint64_t unique;    /* in-order events since reset */
     int close_code;
 };
@@ -202,6 +225,7 @@ static struct {
     int deflate_accepted;
     double connect_start;
     double all_subscribed_at;
+    int caught_up; /* --until: connections that have held that seq */
     uint64_t close_codes[5]; /* 1001, 1008, 1011, 1012, 1013/other */
 } run;
 
@@ -319,12 +343,23 @@ static void open_more(void) {
         logf_("bad --host %s (IPv4 address expected)", opt.host);
         exit(2);
     }
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = 0};
+    if (opt.source && inet_pton(AF_INET, opt.source, &local.sin_addr) != 1) {
+        logf_("bad --source %s (IPv4 address expected)", opt.source);
+        exit(2);
+    }
     while (next_to_open < opt.conns && in_flight < opt.concurrency) {
         struct conn *c = &conns[next_to_open++];
         c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c->fd < 0) die("socket (raise the open-files limit or use more processes)");
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (opt.source) {
+            /* The port is chosen at connect(), per destination, not at bind(). */
+            setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+            if (bind(c->fd, (struct sockaddr *)&local, sizeof local) < 0) die("bind --source");
+        }
+        c->last_seq = opt.has_since ? opt.since : 0;
         run.opened++;
         in_flight++;
         if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
@@ -405,7 +440,7 @@ static void on_text(struct conn *c, const char *msg, size_t len, int64_t read_ns
         int64_t seq = 0, t = 0;
         const char *s = find_key(msg, len, "\"seq\"", 5);
         if (s && parse_int(s, end, &seq)) {
-            if (c->last_seq == 0 || seq == c->last_seq + 1) {
+            if ((c->last_seq == 0 && !opt.has_since) || seq == c->last_seq + 1) {
                 c->unique++;
                 c->last_seq = seq;
             } else if (seq <= c->last_seq) {
@@ -414,6 +449,10 @@ static void on_text(struct conn *c, const char *msg, size_t len, int64_t read_ns
                 win.gaps += (uint64_t)(seq - c->last_seq - 1);
                 c->unique++;
                 c->last_seq = seq;
+            }
+            if (opt.until && !c->caught_at && c->last_seq >= opt.until) {
+                c->caught_at = now_mono();
+                run.caught_up++;
             }
         }
         const char *tv = find_key(msg, len, "\"t\"", 3);
@@ -671,9 +710,14 @@ static void on_handshake_bytes(struct conn *c, int64_t read_ns) {
         }
     }
     if (opt.mode == SUBSCRIBE_BY_MESSAGE) {
-        char msg[200];
-        int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"feed\":\"%s\"}",
-                         feed_names[feed_of(c)]);
+        char msg[400], resume[160] = "";
+        if (opt.has_since && opt.epoch)
+            snprintf(resume, sizeof resume, ",\"since\":%lld,\"epoch\":\"%s\"",
+                     (long long)opt.since, opt.epoch);
+        else if (opt.has_since)
+            snprintf(resume, sizeof resume, ",\"since\":%lld", (long long)opt.since);
+        int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"feed\":\"%s\"%s}",
+                         feed_names[feed_of(c)], resume);
         send_frame(c, 1, msg, (size_t)n);
     }
     keep_tail(c, c->in, c->in_len, parse_frames(c, c->in, c->in_len, read_ns));
@@ -743,8 +787,12 @@ static void print_report(const char *event, int64_t first, int64_t last) {
     sys -= win.sys0;
     uint64_t expected_each = last >= first && first > 0 ? (uint64_t)(last - first + 1) : 0;
     uint64_t expected = 0, unique = 0, lost = 0, behind = 0;
+    double first_caught = 0, last_caught = 0;
     for (int i = 0; i < opt.conns; i++) {
         struct conn *c = &conns[i];
+        if (c->caught_at && (!first_caught || c->caught_at < first_caught))
+            first_caught = c->caught_at;
+        if (c->caught_at > last_caught) last_caught = c->caught_at;
         if (!c->subscribed) continue; /* never subscribed: counted in failed */
         expected += expected_each;
         unique += c->unique;
@@ -770,6 +818,8 @@ static void print_report(const char *event, int64_t first, int64_t last) {
            "\"behind\":%llu,\"dups\":%llu,\"gaps\":%llu,\"no_timestamp\":%llu,"
            "\"resets\":%llu,\"errors\":%llu,\"other_events\":%llu,\"bytes\":%llu,"
            "\"latency_ms\":{\"count\":%llu,\"p50\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
+           "\"connect_start\":%.6f,\"until_seq\":%lld,\"caught_up\":%d,"
+           "\"first_caught_up_at\":%.6f,\"last_caught_up_at\":%.6f,"
            "\"wall_seconds\":%.6f,\"cpu_seconds\":%.6f,\"cpu_system_seconds\":%.6f,\"hist\":[",
            event, opt.name, opt.conns, run.subscribed, run.failed, run.closed,
            (unsigned long long)run.close_codes[0], (unsigned long long)run.close_codes[1],
@@ -783,7 +833,8 @@ static void print_report(const char *event, int64_t first, int64_t last) {
            (unsigned long long)win.no_timestamp, (unsigned long long)win.resets,
            (unsigned long long)win.errors, (unsigned long long)win.other_events,
            (unsigned long long)win.bytes, (unsigned long long)total, p50 / 1000.0,
-           p99 / 1000.0, p999 / 1000.0, win.max_us / 1000.0, wall, cpu, sys);
+           p99 / 1000.0, p999 / 1000.0, win.max_us / 1000.0, run.connect_start,
+           (long long)opt.until, run.caught_up, first_caught, last_caught, wall, cpu, sys);
     int sep = 0;
     for (int i = 0; i < HIST_BUCKETS; i++) {
         if (!hist[i]) continue;
@@ -867,7 +918,8 @@ static void usage(void) {
             "usage: loadgen [--host 127.0.0.1] [--port 8000] [--feed bench] [--feeds N]\n"
             "               [--path /v1/ws?feed=bench] [--subscribe path|message]\n"
             "               [--conns N] [--concurrency N] [--deflate]\n"
-            "               [--duration S] [--deadline S] [--control] [--name NAME]\n");
+            "               [--duration S] [--deadline S] [--control] [--name NAME]\n"
+            "               [--since N [--epoch E]] [--until M] [--source ADDR]\n");
     exit(2);
 }
 
@@ -879,7 +931,9 @@ int main(int argc, char **argv) {
         {"concurrency", required_argument, 0, 'c'}, {"deflate", no_argument, 0, 'z'},
         {"duration", required_argument, 0, 'd'}, {"deadline", required_argument, 0, 'D'},
         {"control", no_argument, 0, 'C'},       {"name", required_argument, 0, 'N'},
-        {"feeds", required_argument, 0, 'F'},
+        {"feeds", required_argument, 0, 'F'},   {"since", required_argument, 0, 'S'},
+        {"epoch", required_argument, 0, 'E'},   {"until", required_argument, 0, 'U'},
+        {"source", required_argument, 0, 'A'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -902,11 +956,23 @@ int main(int argc, char **argv) {
             case 'C': opt.control = 1; break;
             case 'N': opt.name = optarg; break;
             case 'F': opt.feeds = atoi(optarg); break;
+            case 'S':
+                opt.has_since = 1;
+                opt.since = atoll(optarg);
+                break;
+            case 'E': opt.epoch = optarg; break;
+            case 'U': opt.until = atoll(optarg); break;
+            case 'A': opt.source = optarg; break;
             default: usage();
         }
     }
     if (opt.conns <= 0 || opt.concurrency <= 0 || opt.deadline <= 0 || opt.feeds < 0) usage();
     if (opt.feeds && opt.path) usage(); /* --path names one feed */
+    if (opt.since < 0 || opt.until < 0 || (opt.epoch && !opt.has_since)) usage();
+    /* The epoch goes into a URL and a JSON string unescaped: keep it to safe bytes. */
+    if (opt.epoch && strspn(opt.epoch, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                       "0123456789-_.:") != strlen(opt.epoch))
+        usage();
 
     /* Every connection is a descriptor: take the hard limit. */
     struct rlimit rl;
@@ -926,11 +992,17 @@ int main(int argc, char **argv) {
     feed_names = calloc((size_t)nfeeds, sizeof *feed_names);
     if (!handshake_reqs || !handshake_lens || !feed_names) die("calloc");
     for (int k = 0; k < nfeeds; k++) {
-        char name[200], path[512], req[1024];
+        char name[200], path[512], req[1024], resume[160] = "";
         if (opt.feeds) snprintf(name, sizeof name, "%s-%d", opt.feed, k);
         else snprintf(name, sizeof name, "%s", opt.feed);
+        if (opt.has_since && opt.epoch)
+            snprintf(resume, sizeof resume, "&since=%lld&epoch=%s", (long long)opt.since,
+                     opt.epoch);
+        else if (opt.has_since)
+            snprintf(resume, sizeof resume, "&since=%lld", (long long)opt.since);
         if (opt.path) snprintf(path, sizeof path, "%s", opt.path);
-        else if (opt.mode == SUBSCRIBE_BY_PATH) snprintf(path, sizeof path, "/v1/ws?feed=%s", name);
+        else if (opt.mode == SUBSCRIBE_BY_PATH)
+            snprintf(path, sizeof path, "/v1/ws?feed=%s%s", name, resume);
         else snprintf(path, sizeof path, "/v1/ws");
         int n = snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
@@ -980,7 +1052,11 @@ int main(int argc, char **argv) {
             standalone_stop = now + opt.duration;
         }
         if (standalone_stop && now >= standalone_stop) break;
-        if (report_req.pending && (all_caught_up(report_req.last) || now >= report_req.until)) {
+        /* A report asked for while connections are still being made waits for them:
+           before they subscribe, "every subscribed connection has LAST" holds vacuously. */
+        int settled = !connecting_started || run.all_subscribed_at;
+        if (report_req.pending &&
+            ((settled && all_caught_up(report_req.last)) || now >= report_req.until)) {
             report_req.pending = 0;
             print_report("report", report_req.first, report_req.last);
         }
