@@ -114,7 +114,8 @@ class Cluster:
         return [node for node in self.nodes if node.proc is not None]
 
     def slots(self) -> list[tuple[int, int, int, list[int]]]:
-        """(first slot, last slot, primary port, replica ports), as a live node sees it."""
+        """(first slot, last slot, primary port, replica ports), as a live node sees it
+        (replicas it has not heard of yet are missing: ask the primary for those)."""
         for node in self.live():
             try:
                 reply = node.call("CLUSTER", "SLOTS")

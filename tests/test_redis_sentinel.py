@@ -19,7 +19,7 @@ from tests.failover import (
     subscribe_all,
 )
 from tests.redis_topologies import SentinelGroup
-from tests.support import Client, Server, wait_until
+from tests.support import HOST, Client, Server, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,11 @@ async def test_a_lost_write_is_announced_with_reset_without_min_replicas(
     async with httpx.AsyncClient(timeout=15) as http:
         for i in range(3):
             await publish_until_accepted(http, node, feed, f"kept {i}", f"kept-{i}")
-        # The replica stops reading its primary's stream (shorter than the sentinels'
-        # down-after, so it stays eligible): the next writes, answered 201 by the
-        # primary, never reach it; then the primary dies.
-        replica.call("CLIENT", "PAUSE", 800, "ALL")
+        # The replica is pointed at a server that does not exist: it keeps its data
+        # and stays eligible, but the next writes, answered 201 by the primary, never
+        # reach it; then the primary dies (long before the sentinels would point the
+        # replica back, failover-timeout later).
+        replica.call("REPLICAOF", HOST, str(free_port()))
         for i in range(2):
             await publish_until_accepted(http, node, feed, f"lost {i}", f"lost-{i}")
     await client.collect_until(feed, 5)
