@@ -1,4 +1,4 @@
-"""Latency histograms as plain bucket counts, bumped once per event and read at scrape time."""
+"""Latency histograms as plain bucket counts, read only when /metrics is scraped."""
 
 from __future__ import annotations
 

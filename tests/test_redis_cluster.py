@@ -79,7 +79,7 @@ async def test_fifty_feeds_over_every_shard_reach_every_subscriber_in_order(
         await editor.subscribe(feed, receipts=True, token=nodes[0].token)
         async with httpx.AsyncClient() as http:
             entry = await publish_until_accepted(http, nodes[1], feed, "receipt", f"r-{feed}")
-        while True:  # each node adds its figures: wait for both
+        for _ in range(20):  # each node adds its figures: wait for both
             receipt = await editor.recv_type("receipt")
             if receipt["seq"] == entry["seq"] and receipt["nodes"] == 2:
                 break

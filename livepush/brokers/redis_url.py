@@ -1,4 +1,4 @@
-"""The Redis URL forms of the SPEC, read into the servers to reach and the options to use."""
+"""The SPEC's Redis URL forms, read into where livepush connects (as redis-py reads a URL)."""
 
 from __future__ import annotations
 
