@@ -83,6 +83,7 @@ async def test_fifty_feeds_over_every_shard_reach_every_subscriber_in_order(
             receipt = await editor.recv_type("receipt")
             if receipt["seq"] == entry["seq"] and receipt["nodes"] == 2:
                 break
+        assert (receipt["seq"], receipt["nodes"]) == (entry["seq"], 2)
         assert receipt["delivered"] == 5  # the four clients and the editor
         await editor.close()
     for client in clients:
