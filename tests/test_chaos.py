@@ -1,0 +1,184 @@
+"""The chaos soak (scripts/chaos.py): a short run passes with every fault, and its judge
+catches each kind of loss it is there to catch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not a package
+
+from chaos import KINDS, plan  # noqa: E402
+from chaos_record import Accepted, FeedEnd, Ledger, Record, verdict  # noqa: E402
+
+FEED = "chaos"
+
+
+# --------------------------------------------------------------- the whole soak
+
+
+@pytest.mark.timeout(240)
+def test_a_short_soak_with_every_fault_kind_loses_nothing(tmp_path: Path) -> None:
+    report_path = tmp_path / "chaos.json"
+    command = [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--duration", "70"]
+    command += ["--nodes", "2", "--clients", "100", "--publishers", "3", "--rate", "10"]
+    command += ["--seed", "11", "--json", str(report_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=200, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("chaos: ")]
+    assert lines, done.stderr[-3000:]
+    assert lines[-1].startswith("chaos: PASS "), done.stderr[-5000:] + lines[-1]
+    assert done.returncode == 0
+    report = json.loads(report_path.read_text())
+    assert report["published"] > 0
+    assert report["delivered"] > 0
+    assert report["ws"] > 0
+    assert report["sse"] > 0
+    assert all(report["fault_kinds"][kind] > 0 for kind in KINDS), report["fault_kinds"]
+    assert report["missing"] == report["duplicated"] == report["out_of_order"] == 0
+
+
+def test_the_fault_schedule_holds_every_kind_first_and_is_the_same_for_a_seed() -> None:
+    schedule = plan(seed=5, window=40, count=16)
+    assert {fault.kind for fault in schedule[: len(KINDS)]} == set(KINDS)
+    assert schedule == plan(seed=5, window=40, count=16)
+    assert schedule != plan(seed=6, window=40, count=16)
+    assert [fault.at for fault in schedule] == sorted(fault.at for fault in schedule)
+    assert all(0 <= fault.at < 40 for fault in schedule)
+
+
+# --------------------------------------------------------------- the judge
+
+
+def event(seq: int, entry_id: str | None = None) -> dict[str, Any]:
+    entry = {"id": entry_id or f"id{seq}", "seq": seq, "body": "b"}
+    return {"type": "entry.created", "feed": FEED, "seq": seq, "entry": entry}
+
+
+def subscribed(head: int, epoch: str = "e1") -> dict[str, Any]:
+    return {"type": "subscribed", "feed": FEED, "epoch": epoch, "head_seq": head}
+
+
+def follower(ledger: Ledger, *messages: dict[str, Any], name: str = "ws-0") -> Record:
+    record = Record(name, FEED, "ws", ledger, history_size=100)
+    record.connecting(8001, 0.0)
+    for message in messages:
+        record.receive(message, 0.0)
+    return record
+
+
+def accepted(*seqs: int) -> list[Accepted]:
+    return [Accepted(FEED, f"k{seq}", f"id{seq}", seq) for seq in seqs]
+
+
+def end(head: int, epoch: str = "e1", first: str = "e1") -> dict[str, FeedEnd]:
+    return {FEED: FeedEnd(FEED, first, epoch, head)}
+
+
+def test_a_follower_that_saw_every_accepted_entry_once_in_order_passes() -> None:
+    ledger = Ledger()
+    records = [
+        follower(ledger, subscribed(0), event(1), event(2), event(3)),
+        follower(ledger, subscribed(1), event(2), event(3), name="ws-1"),
+    ]
+    result = verdict(records, accepted(1, 2, 3), end(3), persistent=True)
+    assert result.passed, result.failures
+    assert (result.published, result.delivered) == (3, 5)
+
+
+def test_an_entry_sent_twice_across_a_reconnect_is_a_duplicate() -> None:
+    ledger = Ledger()
+    record = follower(ledger, subscribed(0), event(1), event(2), subscribed(2), event(2), event(3))
+    result = verdict([record], accepted(1, 2, 3), end(3), persistent=True)
+    assert result.duplicated == 1
+    assert not result.passed
+
+
+def test_a_hole_is_out_of_order_and_the_follower_resumes_from_before_it() -> None:
+    ledger = Ledger()
+    record = follower(ledger, subscribed(0), event(1), event(3))
+    assert record.cursor.seq == 1  # not handed on: the shell resumes from seq 1
+    record.receive(subscribed(3), 0.0)
+    record.receive(event(2), 0.0)
+    record.receive(event(3), 0.0)
+    result = verdict([record], accepted(1, 2, 3), end(3), persistent=True)
+    assert result.out_of_order == 1
+    assert result.missing == 0
+    assert not result.passed
+
+
+def test_a_follower_short_of_the_head_at_the_end_is_missing_entries() -> None:
+    record = follower(Ledger(), subscribed(0), event(1))
+    result = verdict([record], accepted(1, 2, 3), end(3), persistent=True)
+    assert result.missing == 2
+    assert not result.passed
+
+
+def test_another_entry_under_a_seen_seq_is_mismatched() -> None:
+    ledger = Ledger()
+    records = [
+        follower(ledger, subscribed(0), event(1), event(2)),
+        follower(ledger, subscribed(0), event(1), event(2, "other"), name="ws-1"),
+    ]
+    result = verdict(records, accepted(1, 2), end(2), persistent=True)
+    assert result.mismatched >= 1
+    assert not result.passed
+
+
+def test_a_reset_within_history_of_the_same_epoch_is_unexplained() -> None:
+    ledger = Ledger()
+    record = follower(ledger, subscribed(0), event(1))
+    record.receive({"type": "reset", "feed": FEED, "epoch": "e1", "head_seq": 5}, 0.0)
+    record.reloaded({"feed": FEED, "epoch": "e1", "head_seq": 5, "entries": []})
+    result = verdict([record], accepted(1, 2, 3, 4, 5), end(5), persistent=True)
+    assert result.unexplained_resets == 1
+    assert result.missing == 4
+    assert not result.passed
+
+
+def test_a_reset_behind_history_is_allowed() -> None:
+    record = follower(Ledger(), subscribed(0), event(1))
+    record.receive({"type": "reset", "feed": FEED, "epoch": "e1", "head_seq": 150}, 0.0)
+    record.reloaded({"feed": FEED, "epoch": "e1", "head_seq": 150, "entries": []})
+    result = verdict([record], accepted(*range(1, 151)), end(150), persistent=True)
+    assert result.passed, result.failures
+    assert (result.resets, result.behind_history_resets, result.skipped) == (1, 1, 149)
+
+
+def test_a_new_epoch_fails_a_persistent_run_and_passes_one_without_persistence() -> None:
+    def run(persistent: bool) -> bool:
+        record = follower(Ledger(), subscribed(0), event(1))
+        record.receive({"type": "reset", "feed": FEED, "epoch": "e2", "head_seq": 0}, 0.0)
+        record.reloaded({"feed": FEED, "epoch": "e2", "head_seq": 0, "entries": []})
+        record.receive(subscribed(0, "e2"), 0.0)
+        record.receive(event(1, "new1"), 0.0)
+        entries = [Accepted(FEED, "k1", "id1", 1), Accepted(FEED, "k2", "new1", 1)]
+        result = verdict([record], entries, end(1, "e2", first="e1"), persistent=persistent)
+        assert result.lost_history_resets == 1
+        return result.passed
+
+    assert not run(persistent=True)
+    assert run(persistent=False)
+
+
+def test_a_seq_answered_to_two_keys_or_to_none_fails() -> None:
+    record = follower(Ledger(), subscribed(0), event(1), event(2), event(3))
+    twice = [*accepted(1, 2, 3), Accepted(FEED, "again", "id2", 2)]
+    assert not verdict([record], twice, end(3), persistent=True).passed
+    unanswered = verdict([record], accepted(1, 3), end(3), persistent=True)
+    assert unanswered.unacknowledged == 1
+    assert not unanswered.passed
+
+
+def test_an_sse_id_that_disagrees_with_its_event_is_mismatched() -> None:
+    record = Record("sse-0", FEED, "sse", Ledger(), history_size=100)
+    record.connecting(8001, 0.0)
+    record.receive(subscribed(0), 0.0)
+    record.receive(event(1), 0.0, sse_id="e1:1")
+    record.receive(event(2), 0.0, sse_id="e9:2")
+    assert record.counts["mismatched"] == 1
