@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from livepush.model import Event
@@ -37,6 +38,18 @@ class Ring:
 
     def clear(self) -> None:
         self._events.clear()
+
+    def rewrite(self, change: Callable[[Event], Event | None]) -> list[int]:
+        """Replace each held event for which `change` returns another (with the same seq);
+        the seqs replaced. A purge's tool: costs O(len) calls of `change`."""
+        replaced = []
+        events = self._events
+        for i, event in enumerate(events):
+            new = change(event)
+            if new is not None:
+                events[i] = new
+                replaced.append(event.seq)
+        return replaced
 
     def first_seq(self, head_seq: int) -> int:
         """The oldest seq held, or `head_seq + 1` when nothing is held."""

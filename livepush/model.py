@@ -18,6 +18,16 @@ class EventType(StrEnum):
     CREATED = "entry.created"
     UPDATED = "entry.updated"
     DELETED = "entry.deleted"
+    FEED_UPDATED = "feed.updated"  # title, description or status: `meta` instead of an entry
+    PURGED = "entry.purged"  # what history holds at a purged entry's seqs; never live
+
+
+class FeedStatus(StrEnum):
+    """Where a feed's coverage stands (SPEC "Stories"); a new feed is live."""
+
+    LIVE = "live"
+    PAUSED = "paused"
+    ENDED = "ended"
 
 
 class CloseCode(IntEnum):
@@ -72,6 +82,13 @@ class Change:
     entry_parts: tuple[bytes, ...] = ()
     pinned: bool = False
     expected: bytes | None = None
+    # Stories (SPEC): the revision record a new or corrected entry adds to its trail
+    # (`revisions.revision_record`); for a scheduled entry's release, the scheduled
+    # record it must still be (claimed in the same atomic step that assigns the seq);
+    # for a purge (a DELETED change), its audit record.
+    revision: bytes | None = None
+    claim: bytes | None = None
+    purge: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +118,42 @@ class Snapshot:
     epoch: str
     head_seq: int
     entries: tuple[bytes, ...]
+    meta: bytes = b"{}"  # the feed's metadata JSON (title, description, status, times)
+
+
+@dataclass(frozen=True, slots=True)
+class About:
+    """A feed's position and its metadata JSON (the `meta` of its `feed.updated` events)."""
+
+    epoch: str
+    head_seq: int
+    meta: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """An entry held until `publish_at` (Unix ms); `record` is its JSON as the API lists it."""
+
+    entry_id: str
+    publish_at: int
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """Feeds whose earliest scheduled entry falls due by `now` plus a look-ahead: each with
+    that time (Unix ms), as told by the broker's clock (`now`, Unix ms)."""
+
+    now: int
+    feeds: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Revisions:
+    """An entry's trail: each revision record (oldest first) and its purge's audit record."""
+
+    records: tuple[bytes, ...]
+    purge: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

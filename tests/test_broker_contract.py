@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,12 @@ import pytest
 from livepush.brokers.base import Broker, Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.brokers.redis import RedisBroker
-from livepush.entries import entry_fields, new_entry_id, now_rfc3339
+from livepush.entries import entry_fields, new_entry_id, now_rfc3339, rfc3339
 from livepush.errors import Conflict, NotFound
-from livepush.model import Change, Event, EventType, Published
+from livepush.feedmeta import changed_meta, initial_meta
+from livepush.model import Change, Event, EventType, Published, Scheduled
+from livepush.revisions import purge_record, revision_record, stored_revision
+from livepush.scheduled import release_change, scheduled_record
 from livepush.schema import parse_new_entry
 from livepush.wire import entry_template, event_payload
 from tests.redis_topologies import Cluster, RedisNode, replicas_online
@@ -553,3 +559,275 @@ async def test_feeds_watched_while_the_broker_connects_get_their_live_events(
         await recorder.wait_for(lambda: not missing(), "an event of every watched feed")
     except AssertionError:
         raise AssertionError(f"{len(missing())} of {len(feeds)} feeds got nothing") from None
+
+
+# Stories: feed metadata, revisions, purges, scheduled entries
+
+
+def feed_updated(current: bytes, **patch: Any) -> Change:
+    meta = changed_meta(current, patch, now_rfc3339())
+    return Change(EventType.FEED_UPDATED, "", (meta,), expected=current)
+
+
+def revised(change: Change, token: str = "desk", changed: tuple[str, ...] = ("body",)) -> Change:
+    return replace(change, revision=revision_record(now_rfc3339(), token, list(changed)))
+
+
+def purging(entry_id: str, reason: str = "court order") -> Change:
+    return Change(EventType.DELETED, entry_id, purge=purge_record(now_rfc3339(), "legal", reason))
+
+
+def to_schedule(body: str, at_ms: int, token: str = "desk") -> Scheduled:
+    entry_id = new_entry_id()
+    fields = parse_new_entry({"body": body, "title": "EMBARGO"})
+    at = rfc3339(datetime.fromtimestamp(at_ms / 1000, UTC))
+    record = scheduled_record(entry_id, at, fields, token, now_rfc3339())
+    return Scheduled(entry_id, at_ms, record)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_a_new_feed_is_live_with_its_creation_time(broker: Broker) -> None:
+    about = await broker.about(FEED)
+    meta = orjson.loads(about.meta)
+    assert meta["status"] == "live"
+    assert meta["title"] is None
+    assert meta["description"] is None
+    assert meta["ended_at"] is None
+    assert datetime.fromisoformat(meta["created_at"]) <= datetime.now(UTC)
+    assert about.head_seq == 0
+    assert about.epoch == (await broker.history(FEED, 0, 0)).epoch
+    assert (await broker.snapshot(FEED, 10, None)).meta == about.meta
+
+
+async def test_feed_updated_takes_the_next_seq_and_sets_the_metadata(
+    make_broker: MakeBroker,
+) -> None:
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    await publish_many(broker, 2)
+    before = (await broker.about(FEED)).meta
+    published = await broker.publish(FEED, feed_updated(before, title="Kupiansk", status="paused"))
+    assert published.position.seq == 3
+    meta = orjson.loads(published.entry or b"")
+    assert meta["title"] == "Kupiansk"
+    assert meta["status"] == "paused"
+    assert meta["created_at"] == orjson.loads(before)["created_at"]
+    assert (await broker.about(FEED)).meta == published.entry
+    assert (await broker.snapshot(FEED, 10, None)).meta == published.entry
+    payload = event_payload(EventType.FEED_UPDATED, FEED, 3, published.entry, "")
+    await recorder.wait_for(lambda: len(recorder.of(FEED)) == 3, "three live events")
+    assert recorder.of(FEED)[-1].payload == payload
+    assert recorder.of(FEED)[-1].type is EventType.FEED_UPDATED
+    assert (await broker.history(FEED, 2, 10)).events[0].payload == payload
+    assert orjson.loads(payload) == {"type": "feed.updated", "feed": FEED, "seq": 3, "meta": meta}
+
+
+async def test_feed_updated_on_stale_metadata_is_a_conflict(broker: Broker) -> None:
+    before = (await broker.about(FEED)).meta
+    await broker.publish(FEED, feed_updated(before, title="First"))
+    with pytest.raises(Conflict):
+        await broker.publish(FEED, feed_updated(before, title="Second"))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 1
+
+
+async def test_revisions_are_kept_oldest_first_with_their_records(broker: Broker) -> None:
+    first_change = revised(created("draft"), "night-desk", ("body",))
+    first = await broker.publish(FEED, first_change)
+    second_change = revised(updated(first.entry or b"", body="final"), "copy-desk", ("body",))
+    second = await broker.publish(FEED, second_change)
+    revisions = await broker.revisions(FEED, entry_of(first)["id"])
+    assert revisions is not None
+    assert revisions.purge is None
+    assert revisions.records == (
+        stored_revision(1, first_change.revision or b"", first.entry or b""),
+        stored_revision(2, second_change.revision or b"", second.entry or b""),
+    )
+    assert await broker.revisions(FEED, "nosuchentry00000") is None
+
+
+async def test_purge_rewrites_history_and_drops_the_text_everywhere(
+    make_broker: MakeBroker,
+) -> None:
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    secret = await broker.publish(FEED, revised(created("the secret")))
+    other = await broker.publish(FEED, created("another entry"))
+    secret_id = entry_of(secret)["id"]
+    await broker.publish(FEED, revised(updated(secret.entry or b"", body="the secret, again")))
+    purged = await broker.publish(FEED, purging(secret_id))
+    assert purged.position.seq == 4
+    history = await broker.history(FEED, 0, 100)
+    assert [event.type for event in history.events] == [
+        EventType.PURGED,
+        EventType.CREATED,
+        EventType.PURGED,
+        EventType.DELETED,
+    ]
+    assert history.events[0].payload == event_payload(EventType.PURGED, FEED, 1, None, secret_id)
+    assert history.events[1].payload == event_payload(
+        EventType.CREATED, FEED, 2, other.entry, entry_of(other)["id"]
+    )
+    delete = event_payload(EventType.DELETED, FEED, 4, None, secret_id, purge=True)
+    assert history.events[3].payload == delete
+    assert orjson.loads(delete) == {
+        "type": "entry.deleted",
+        "feed": FEED,
+        "seq": 4,
+        "id": secret_id,
+        "purged": True,
+    }
+    assert all(b"secret" not in event.payload for event in history.events)
+    assert await broker.entry(FEED, secret_id) is None
+    snapshot = await broker.snapshot(FEED, 50, None)
+    assert snapshot.entries == (other.entry,)
+    revisions = await broker.revisions(FEED, secret_id)
+    assert revisions is not None
+    assert len(revisions.records) == 2
+    assert all(b"secret" not in record for record in revisions.records)
+    assert revisions.purge is not None
+    assert b"court order" in revisions.purge
+    assert revisions.purge.startswith(b"4\n")
+    await recorder.wait_for(lambda: len(recorder.of(FEED)) == 4, "four live events")
+    assert recorder.of(FEED)[-1].payload == delete
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, purging(secret_id))
+
+
+async def test_a_retracted_entry_can_be_purged(broker: Broker) -> None:
+    first = await broker.publish(FEED, created("retracted text"))
+    await broker.publish(FEED, deleted(entry_of(first)["id"]))
+    await broker.publish(FEED, purging(entry_of(first)["id"]))
+    history = await broker.history(FEED, 0, 100)
+    assert [event.type for event in history.events] == [
+        EventType.PURGED,
+        EventType.PURGED,
+        EventType.DELETED,
+    ]
+
+
+async def test_purge_of_an_unknown_entry_is_not_found(broker: Broker) -> None:
+    await publish_many(broker, 1)
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, purging("nosuchentry00000"))
+    assert (await broker.history(FEED, 0, 0)).head_seq == 1
+
+
+async def test_a_scheduled_entry_is_listed_until_it_is_released_once(broker: Broker) -> None:
+    await publish_many(broker, 2)
+    later = to_schedule("later", now_ms() + 600_000)
+    due = to_schedule("due", now_ms() - 1000)
+    assert await broker.schedule(FEED, later) == later
+    assert await broker.schedule(FEED, due) == due
+    assert await broker.scheduled(FEED) == (due, later)
+    assert (await broker.history(FEED, 0, 0)).head_seq == 2
+    found = await broker.due(1.0)
+    assert [feed for feed, _ in found.feeds] == [FEED]
+    assert found.feeds[0][1] == due.publish_at
+    assert abs(found.now - now_ms()) < 60_000
+
+    assert await broker.release(FEED, release_change) == 1
+    assert await broker.release(FEED, release_change) == 0
+    history = await broker.history(FEED, 0, 100)
+    assert history.head_seq == 3
+    entry = orjson.loads(history.events[-1].payload)["entry"]
+    assert (entry["id"], entry["seq"], entry["body"]) == (due.entry_id, 3, "due")
+    assert entry["published_at"] == orjson.loads(due.record)["publish_at"]
+    assert await broker.scheduled(FEED) == (later,)
+    assert FEED not in [feed for feed, _ in (await broker.due(1.0)).feeds]
+    revisions = await broker.revisions(FEED, due.entry_id)
+    assert revisions is not None
+    assert b'"token":"desk"' in revisions.records[0]
+
+
+async def test_two_brokers_release_a_due_entry_once(make_broker: MakeBroker) -> None:
+    (one, _), (two, _) = await make_broker(), await make_broker()
+    items = [to_schedule(f"due {i}", now_ms() - 1000) for i in range(5)]
+    for item in items:
+        await one.schedule(FEED, item)
+    released = await asyncio.gather(
+        *(broker.release(FEED, release_change) for broker in (one, two, one, two))
+    )
+    # In-process brokers are separate worlds: the second one holds nothing.
+    assert sum(released) == 5
+    history = await one.history(FEED, 0, 100)
+    assert [event.seq for event in history.events] == [1, 2, 3, 4, 5]
+    ids = [orjson.loads(event.payload)["entry"]["id"] for event in history.events]
+    assert sorted(ids) == sorted(item.entry_id for item in items)
+
+
+async def test_a_scheduled_entry_is_released_only_when_due(broker: Broker) -> None:
+    item = to_schedule("not yet", now_ms() + 60_000)
+    await broker.schedule(FEED, item)
+    assert await broker.release(FEED, release_change) == 0
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, release_change(item))  # a claim before its time
+    assert (await broker.history(FEED, 0, 0)).head_seq == 0
+    assert FEED not in [feed for feed, _ in (await broker.due(1.0)).feeds]
+    assert [feed for feed, _ in (await broker.due(120.0)).feeds] == [FEED]
+
+
+async def test_a_changed_scheduled_entry_replaces_the_old_and_voids_its_claim(
+    broker: Broker,
+) -> None:
+    old = to_schedule("first draft", now_ms() - 1000)
+    await broker.schedule(FEED, old)
+    new = replace(old, record=old.record.replace(b"first draft", b"final text"))
+    assert await broker.schedule(FEED, new, expected=old.record) == new
+    with pytest.raises(Conflict):
+        await broker.schedule(FEED, new, expected=old.record)
+    with pytest.raises(NotFound):
+        await broker.publish(FEED, release_change(old))
+    assert await broker.scheduled(FEED) == (new,)
+    assert await broker.release(FEED, release_change) == 1
+    history = await broker.history(FEED, 0, 10)
+    assert orjson.loads(history.events[0].payload)["entry"]["body"] == "final text"
+    with pytest.raises(NotFound):
+        await broker.schedule(FEED, new, expected=new.record)  # released: gone
+
+
+async def test_a_cancelled_scheduled_entry_is_never_released(broker: Broker) -> None:
+    item = to_schedule("cancelled", now_ms() - 1000)
+    await broker.schedule(FEED, item)
+    await broker.unschedule(FEED, item.entry_id)
+    with pytest.raises(NotFound):
+        await broker.unschedule(FEED, item.entry_id)
+    assert await broker.scheduled(FEED) == ()
+    assert await broker.release(FEED, release_change) == 0
+    assert (await broker.history(FEED, 0, 0)).head_seq == 0
+    assert FEED not in [feed for feed, _ in (await broker.due(1.0)).feeds]
+
+
+async def test_scheduling_again_with_an_idempotency_key_stores_once(broker: Broker) -> None:
+    first = to_schedule("once", now_ms() + 60_000)
+    assert await broker.schedule(FEED, first, idempotency_key="k-1") == first
+    retry = to_schedule("once", now_ms() + 60_000)
+    assert await broker.schedule(FEED, retry, idempotency_key="k-1") == first
+    assert await broker.scheduled(FEED) == (first,)
+
+
+async def test_redis_and_memory_brokers_send_the_same_story_bytes(
+    redis_server: RedisServer,
+) -> None:
+    feed = "same.story"
+    brokers: list[Broker] = [MemoryBroker(1000), RedisBroker(redis_server.url, 1000)]
+    for broker in brokers:
+        await broker.start(Recorder())
+    try:
+        meta = initial_meta("2024-11-14T09:00:00.000Z")
+        change = Change(EventType.FEED_UPDATED, "", (changed_meta(meta, {"title": "T"}, "x"),))
+        first_change = revised(created("text", title="T"))
+        second = Change(EventType.DELETED, first_change.entry_id, purge=b'{"reason":"r"}')
+        for broker in brokers:
+            await broker.publish(feed, change)
+            await broker.publish(feed, first_change)
+            await broker.publish(feed, second)
+        histories = [await broker.history(feed, 0, 100) for broker in brokers]
+        assert [e.payload for e in histories[0].events] == [e.payload for e in histories[1].events]
+        trails = [await broker.revisions(feed, first_change.entry_id) for broker in brokers]
+        assert trails[0] == trails[1]
+    finally:
+        for broker in brokers:
+            await broker.aclose()

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from livepush.model import Change, Event, History, Published, Snapshot, StoredEntry
+from livepush.model import (
+    About,
+    Change,
+    Due,
+    Event,
+    History,
+    Published,
+    Revisions,
+    Scheduled,
+    Snapshot,
+    StoredEntry,
+)
 from livepush.timing import Histogram
 
 IDEMPOTENCY_TTL = 24 * 3600
@@ -72,6 +84,18 @@ class Broker(Protocol):
     feed's entries in one atomic step; a 2xx answered after it returned is never lost.
     The live stream may drop events (Redis pub/sub is at-most-once): listeners fill
     holes from history(), and resync() after any interruption.
+
+    The stories (SPEC) ride the same step. A `feed.updated` change sets the feed's
+    metadata (`change.expected`: the metadata it must still have). A new or corrected
+    entry's `change.revision` joins its trail. A `change.claim` publishes a scheduled
+    entry only if it is still scheduled as that record and due by the broker's clock,
+    and unschedules it in the same step: however many nodes release it, it is
+    published once. A `change.purge` (on a DELETED change) also rewrites the entry's
+    events in history as `entry.purged`, drops its text from the entries and its
+    revisions, keeps the audit record, and marks the `entry.deleted` it publishes as
+    a purge (`"purged": true`) so that every node scrubs its own recent events.
+    Scheduled entries are kept as long as the broker keeps feeds (in Redis: across
+    restarts; in-process: for the life of the process).
     """
 
     history_size: int
@@ -93,7 +117,41 @@ class Broker(Protocol):
         first page, every pinned one; read in one atomic step with the head."""
 
     async def entry(self, feed: str, entry_id: str) -> StoredEntry | None:
-        """An entry's current revision, live or retracted; None if it never existed."""
+        """An entry's current revision, live or retracted; None if it never existed
+        (or was purged)."""
+
+    async def about(self, feed: str) -> About:
+        """The feed's epoch, head and metadata, read in one atomic step."""
+
+    async def revisions(self, feed: str, entry_id: str) -> Revisions | None:
+        """An entry's revision trail and purge record; None if it has none."""
+
+    async def schedule(
+        self,
+        feed: str,
+        item: Scheduled,
+        *,
+        expected: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> Scheduled:
+        """Hold `item` until its time; with `expected`, replace the scheduled entry that is
+        still that record (NotFound if it is gone, Conflict if it changed). A retry with
+        an `idempotency_key` already used returns what the first stored. InvalidEntry
+        when the feed holds MAX_SCHEDULED entries already."""
+
+    async def scheduled(self, feed: str) -> tuple[Scheduled, ...]:
+        """The feed's pending scheduled entries, soonest first."""
+
+    async def unschedule(self, feed: str, entry_id: str) -> None:
+        """Cancel a scheduled entry; NotFound if it is not pending (released, cancelled)."""
+
+    async def due(self, ahead: float) -> Due:
+        """Feeds with a scheduled entry due within `ahead` seconds, on every node's behalf:
+        a hint (a feed listed may have nothing due by the time it is asked)."""
+
+    async def release(self, feed: str, change_of: Callable[[Scheduled], Change]) -> int:
+        """Publish the feed's due scheduled entries, each as `change_of(entry)` (a claim),
+        soonest first; how many this call published (another node may take some)."""
 
     async def renew_epoch(self, feed: str, stale: str) -> str:
         """Start a new life of the feed if its epoch is still `stale`; the current epoch.

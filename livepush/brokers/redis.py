@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -15,17 +16,24 @@ from livepush.brokers.base import IDEMPOTENCY_TTL, BrokerStats, Listener, new_ep
 from livepush.brokers.redis_nodes import Command, Nodes, Scripts, Trouble, connect
 from livepush.brokers.redis_stream import PREFIX, LiveStream, channel_of, key
 from livepush.brokers.redis_url import parse_redis_url, redact
-from livepush.errors import BrokerUnavailable, Conflict, NotFound
+from livepush.entries import now_rfc3339
+from livepush.errors import BrokerUnavailable, Conflict, InvalidEntry, NotFound
+from livepush.feedmeta import initial_meta
 from livepush.model import (
+    About,
     Change,
+    Due,
     Event,
     EventType,
     History,
     Position,
     Published,
+    Revisions,
+    Scheduled,
     Snapshot,
     StoredEntry,
 )
+from livepush.scheduled import MAX_SCHEDULED
 from livepush.timing import Histogram
 
 __all__ = ["PREFIX", "RedisBroker", "channel_of"]
@@ -41,6 +49,14 @@ REPLICA_WAIT_MS = 1000
 # the nodes (scored by when their report expires); each in a slot of its own.
 NODES_KEY = f"{PREFIX}:nodes"
 NODE_REPORT_TTL = 15.0
+
+
+# The feeds with scheduled entries, each scored by its earliest due time (Unix ms): one
+# key in a slot of its own, so only a hint. Each feed's own schedule (in its slot) is
+# the truth, and a release claims an entry there, in the script that publishes it.
+SCHEDULES_KEY = f"{PREFIX}:schedules"
+# Feeds one look at the index returns at most (the rest wait for the next look).
+DUE_FEEDS = 500
 
 
 def node_key(node: str) -> str:
@@ -83,6 +99,12 @@ class RedisBroker:
         self._renew = self._scripts.register(_script("renew.lua"))
         self._presence = self._scripts.register(_script("presence.lua"))
         self._subscribers = self._scripts.register(_script("subscribers.lua"))
+        self._about = self._scripts.register(_script("about.lua"))
+        self._revisions = self._scripts.register(_script("revisions.lua"))
+        self._schedule = self._scripts.register(_script("schedule.lua"))
+        self._unschedule = self._scripts.register(_script("unschedule.lua"))
+        self._scheduled = self._scripts.register(_script("scheduled.lua"))
+        self._due = self._scripts.register(_script("due.lua"))
         self._nodes: Nodes | None = None
         self._connecting = asyncio.Lock()
         self.trouble = Trouble()
@@ -155,6 +177,11 @@ class RedisBroker:
             key(feed, "pinned"),
             key(feed, "idem:" + (idempotency_key or "")),
             channel_of(feed),
+            key(feed, "schedule"),
+            key(feed, "scheduled"),
+            key(feed, "revisions:" + change.entry_id),
+            key(feed, "purges"),
+            key(feed, "log:rewrite"),
         ]
         args: list[str | bytes | int] = [
             new_epoch(),
@@ -168,6 +195,10 @@ class RedisBroker:
             nodes.publish_command,
             int(time.time() * 1e6),
             "1" if self.min_replicas else "",
+            initial_meta(now_rfc3339()),
+            change.revision or b"",
+            change.claim or b"",
+            change.purge or b"",
             *change.entry_parts,
         ]
         results = await self._run(
@@ -216,18 +247,146 @@ class RedisBroker:
     async def snapshot(self, feed: str, limit: int, before: int | None) -> Snapshot:
         keys = [key(feed, "meta"), key(feed, "entries"), key(feed, "live"), key(feed, "pinned")]
         args = [new_epoch(), limit, "" if before is None else before]
-        args.append("1" if self.min_replicas else "")
+        args += ["1" if self.min_replicas else "", initial_meta(now_rfc3339())]
         results = await self._run(
             feed, self._replicated([self._script_call(self._snapshot, keys, args)])
         )
         reply = results[0]  # too few replicas in time: answered anyway (see above)
-        return Snapshot(feed, reply[0].decode(), int(reply[1]), tuple(reply[2:]))
+        return Snapshot(feed, reply[0].decode(), int(reply[1]), tuple(reply[3:]), reply[2])
 
     async def entry(self, feed: str, entry_id: str) -> StoredEntry | None:
         keys = [key(feed, "entries"), key(feed, "live")]
         (reply,) = await self._run(feed, [self._script_call(self._entry, keys, [entry_id])])
         found, score = reply
         return None if found is None else StoredEntry(found, score is not None)
+
+    # Stories: metadata, revisions, scheduled entries
+
+    async def about(self, feed: str) -> About:
+        args = [new_epoch(), initial_meta(now_rfc3339())]
+        call = self._script_call(self._about, [key(feed, "meta")], args)
+        ((epoch, head, meta),) = await self._run(feed, [call])
+        return About(epoch.decode(), int(head), meta)
+
+    async def revisions(self, feed: str, entry_id: str) -> Revisions | None:
+        keys = [key(feed, "revisions:" + entry_id), key(feed, "purges")]
+        (reply,) = await self._run(feed, [self._script_call(self._revisions, keys, [entry_id])])
+        purge, records = reply[0], tuple(reply[1:])
+        if purge is None and not records:
+            return None
+        return Revisions(records, purge)
+
+    async def schedule(
+        self,
+        feed: str,
+        item: Scheduled,
+        *,
+        expected: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> Scheduled:
+        # The index first too: were this node to die between the script and the index,
+        # the entry would otherwise wait for the feed's next scheduling.
+        await self._hint_at_most(feed, item.publish_at)
+        keys = [
+            key(feed, "schedule"),
+            key(feed, "scheduled"),
+            key(feed, "sidem:" + (idempotency_key or "")),
+        ]
+        args = [
+            item.entry_id,
+            item.publish_at,
+            item.record,
+            expected or b"",
+            IDEMPOTENCY_TTL if idempotency_key is not None else "",
+            MAX_SCHEDULED,
+        ]
+        results = await self._run(
+            feed, self._replicated([self._script_call(self._schedule, keys, args)])
+        )
+        reply = results[0]
+        status = reply[0]
+        if status == b"not_found":
+            raise NotFound(f"no scheduled entry {item.entry_id!r} in feed {feed!r}")
+        if status == b"conflict":
+            raise Conflict(item.entry_id)
+        if status == b"full":
+            raise InvalidEntry(
+                "too many scheduled entries",
+                fields={"publish_at": f"a feed holds at most {MAX_SCHEDULED} scheduled entries"},
+            )
+        self._check_replicas(results)
+        if reply[2]:
+            await self._hint_at_most(feed, int(reply[2]))
+        header, _, record = reply[1].partition(b"\n")
+        at, entry_id = header.split(b" ")
+        return Scheduled(entry_id.decode(), int(at), record)
+
+    async def _read_schedule(self, feed: str, due_only: bool) -> tuple[int | None, list[Scheduled]]:
+        """The feed's earliest due time and its scheduled entries (or the due ones)."""
+        keys = [key(feed, "schedule"), key(feed, "scheduled")]
+        call = self._script_call(self._scheduled, keys, ["1" if due_only else ""])
+        ((first, *rows),) = await self._run(feed, [call])
+        items = [
+            Scheduled(rows[i].decode(), int(float(rows[i + 1])), rows[i + 2])
+            for i in range(0, len(rows), 3)
+            if rows[i + 2]
+        ]
+        return (int(float(first)) if first else None), items
+
+    async def scheduled(self, feed: str) -> tuple[Scheduled, ...]:
+        return tuple((await self._read_schedule(feed, due_only=False))[1])
+
+    async def unschedule(self, feed: str, entry_id: str) -> None:
+        keys = [key(feed, "schedule"), key(feed, "scheduled")]
+        call = self._script_call(self._unschedule, keys, [entry_id])
+        results = await self._run(feed, self._replicated([call]))
+        if not results[0]:
+            raise NotFound(f"no scheduled entry {entry_id!r} in feed {feed!r}")
+        self._check_replicas(results)
+        await self._hint(feed)
+
+    async def due(self, ahead: float) -> Due:
+        nodes = await self.nodes()
+        call = self._script_call(self._due, [SCHEDULES_KEY], [int(ahead * 1000), DUE_FEEDS])
+        ((now, *rows),) = await nodes.execute(SCHEDULES_KEY, [call])
+        feeds = tuple((rows[i].decode(), int(float(rows[i + 1]))) for i in range(0, len(rows), 2))
+        return Due(int(now), feeds)
+
+    async def release(self, feed: str, change_of: Callable[[Scheduled], Change]) -> int:
+        _, items = await self._read_schedule(feed, due_only=True)
+        released = 0
+        for item in items:
+            try:
+                await self.publish(feed, change_of(item))
+            except NotFound:
+                continue  # released by another node, cancelled or changed meanwhile
+            released += 1
+        await self._hint(feed)
+        return released
+
+    async def _hint(self, feed: str) -> None:
+        """Point the index at the feed's earliest scheduled entry, or take the feed out.
+
+        The index lives in another slot than the feed, so this cannot be atomic with
+        the feed's schedule: it writes, then reads the schedule again, and lowers the
+        hint if an entry was scheduled meanwhile (whose own `_hint_at_most` may have
+        landed before this write and been overwritten by it). A hint too early only
+        costs a look; none at all would leave an entry unreleased.
+        """
+        first, _ = await self._read_schedule(feed, due_only=True)
+        nodes = await self.nodes()
+        update = (
+            ("ZREM", SCHEDULES_KEY, feed) if first is None else ("ZADD", SCHEDULES_KEY, first, feed)
+        )
+        await nodes.execute(SCHEDULES_KEY, [update])
+        again, _ = await self._read_schedule(feed, due_only=True)
+        if again is not None and (first is None or again < first):
+            await self._hint_at_most(feed, again)
+
+    async def _hint_at_most(self, feed: str, at: int) -> None:
+        """Make the index say the feed has an entry due at `at` or earlier."""
+        nodes = await self.nodes()
+        await nodes.execute(SCHEDULES_KEY, [("ZADD", SCHEDULES_KEY, "LT", at, feed)])
 
     async def renew_epoch(self, feed: str, stale: str) -> str:
         fresh = new_epoch()
