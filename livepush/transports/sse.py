@@ -13,7 +13,6 @@ head never passes through it (tests/test_sse.py compares the heads).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
@@ -29,8 +28,6 @@ from livepush.model import CloseCode
 from livepush.runtime import SseStream, runtime_of
 from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.wire import parse_since
-
-log = logging.getLogger("livepush.sse")
 
 # The scope extension through which uvicorn's HTTP protocol hosts an event stream.
 TRANSPORT_EXTENSION = "livepush.transport"
