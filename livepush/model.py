@@ -33,6 +33,8 @@ class FeedStatus(StrEnum):
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # a binary frame: the contract is text
+    INVALID_DATA = 1007  # a text frame that is not UTF-8
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL_ERROR = 1011

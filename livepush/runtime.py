@@ -39,6 +39,7 @@ class Runtime:
         self.hub = Hub(broker, max_buffer=settings.max_buffer)
         self.access = Access.from_settings(settings)
         self.publishers = self.access.publishers
+        self.addresses = PerAddress(settings.max_connections_per_address)
         self.sse_streams: set[SseStream] = set()
         self.ws_connections = 0
         self.gc = GcPolicy()
@@ -75,6 +76,38 @@ class Runtime:
     def keepalive(self) -> None:
         for stream in list(self.sse_streams):
             stream.keepalive()
+
+
+class PerAddress:
+    """Long-lived connections (WebSockets, event streams) per client address, and a limit.
+
+    Off by default (limit 0: nothing is counted, no address is looked up): a mobile
+    carrier's NAT puts thousands of phones behind one address, and behind a proxy every
+    client has the proxy's. Costs a dict entry per address in use.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    @property
+    def limited(self) -> bool:
+        return self.limit > 0
+
+    def admit(self, address: str) -> bool:
+        """Count one more connection from `address`, unless it already holds the limit."""
+        count = self.counts.get(address, 0)
+        if count >= self.limit:
+            return False
+        self.counts[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.counts.get(address, 0) - 1
+        if count > 0:
+            self.counts[address] = count
+        else:
+            self.counts.pop(address, None)
 
 
 def runtime_of(connection: HTTPConnection) -> Runtime:
