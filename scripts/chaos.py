@@ -66,11 +66,24 @@ from chaoskit import (
     cluster_unavailable,
     until,
 )
+from redis.exceptions import RedisError
 
 KINDS = ("kill", "term", "restart", "redis-kill", "pubsub-kill", "stop", "client-cut")
+# Faults that take a process down run one at a time; the instant ones (a cut, a kill of
+# connections) run on their own track, so they also land during the others.
+INSTANT = ("pubsub-kill", "client-cut")
+WEIGHTS = {"kill": 3, "term": 2, "restart": 2, "redis-kill": 2, "stop": 2}
+HOLDS = {  # seconds down or stopped; client-cut: the share of readers cut
+    "kill": (0.5, 3.0),
+    "term": (1.0, 4.0),
+    "restart": (0.0, 0.0),
+    "redis-kill": (0.2, 2.0),
+    "pubsub-kill": (0.0, 0.0),
+    "stop": (1.0, 4.0),
+    "client-cut": (0.05, 0.2),
+}
 MAX_DURATION = 3600.0
 BACKOFF_CAP = 5.0  # seconds: the readers' backoff cap (livepush.js: 30 s)
-HISTORY_SIZE = 1000  # the nodes' --history-size (livepush's default)
 SETUP_WITHIN = 30.0  # seconds for Redis, the nodes and the first subscriptions
 READY_WITHIN = 30.0  # seconds for a restarted node or Redis to be ready again
 
@@ -83,32 +96,36 @@ class Fault:
     kind: str
     target: int  # a node or Redis server index, taken modulo their number
     hold: float  # seconds down or stopped; client-cut: the share of readers cut
+    first: bool  # the first of its kind: run even if the machine is slow
 
 
-def plan(seed: int, window: float, count: int) -> list[Fault]:
-    """The fault schedule: every kind once, in a random order, over the first half of
-    the window, then `count - len(KINDS)` more at random over the rest. Faults run one
-    after another, so the guaranteed kinds come first: a slow fault delays what
-    follows, and what the window cannot hold is skipped from the end."""
+def plan(seed: int, window: float, count: int) -> tuple[list[Fault], list[Fault]]:
+    """The fault schedule, as two tracks: process faults (one at a time) and instant
+    ones. Each track holds each of its kinds once, in a random order, over the first
+    half of the window, then more at random over the rest (`count` in all, at least
+    one of each kind). Within a track faults run one after another: a slow one delays
+    what follows, and what the window cannot hold is skipped from the end."""
     rng = random.Random(seed)
-    kinds = list(KINDS)
-    rng.shuffle(kinds)
-    extra = rng.choices(KINDS, weights=(3, 2, 2, 2, 3, 2, 3), k=max(0, count - len(kinds)))
-    times = [window * 0.5 * i / len(kinds) for i in range(len(kinds))]
-    times += sorted(rng.uniform(window * 0.5, window * 0.95) for _ in extra)
-    holds = {
-        "kill": (0.5, 3.0),
-        "term": (1.0, 4.0),
-        "restart": (0.0, 0.0),
-        "redis-kill": (0.2, 2.0),
-        "pubsub-kill": (0.0, 0.0),
-        "stop": (1.0, 4.0),
-        "client-cut": (0.05, 0.2),
-    }
-    return [
-        Fault(round(at, 2), kind, rng.randrange(1000), round(rng.uniform(*holds[kind]), 2))
-        for at, kind in zip(times, kinds + extra, strict=True)
-    ]
+    tracks: list[list[Fault]] = []
+    for kinds, share in ((list(WEIGHTS), 0.6), (list(INSTANT), 0.4)):
+        rng.shuffle(kinds)
+        weights = [WEIGHTS.get(kind, 1) for kind in kinds]
+        extra = rng.choices(kinds, weights=weights, k=max(0, round(count * share) - len(kinds)))
+        times = [window * 0.5 * i / len(kinds) for i in range(len(kinds))]
+        times += sorted(rng.uniform(window * 0.5, window * 0.95) for _ in extra)
+        tracks.append(
+            [
+                Fault(
+                    round(at, 2),
+                    kind,
+                    rng.randrange(1000),
+                    round(rng.uniform(*HOLDS[kind]), 2),
+                    first=number < len(kinds),
+                )
+                for number, (at, kind) in enumerate(zip(times, kinds + extra, strict=True))
+            ]
+        )
+    return tracks[0], tracks[1]
 
 
 @dataclass
@@ -126,9 +143,10 @@ class Soak:
     def __init__(self, args: argparse.Namespace, root: Path) -> None:
         self.args, self.root = args, root
         self.t0 = time.monotonic()
-        self.deadline = self.t0 + args.duration
+        self.deadline: float = self.t0 + args.duration
         self.rng = random.Random(args.seed)
-        self.redis: Redis1 = RedisCluster(root) if args.cluster else Redis1(root)
+        persistent = not args.no_persistence
+        self.redis: Redis1 = (RedisCluster if args.cluster else Redis1)(root, persistent)
         self.nodes: list[Node] = []
         self.feeds: list[str] = []
         self.ledger = Ledger()
@@ -154,10 +172,13 @@ class Soak:
 
     async def setup(self) -> None:
         args = self.args
-        self.say(f"starting {self.redis.kind} with AOF (appendfsync always)")
+        persistence = "no persistence" if args.no_persistence else "AOF (appendfsync always)"
+        self.say(f"starting {self.redis.kind} with {persistence}")
         await self.redis.start(SETUP_WITHIN)
         self.feeds = await self.redis.feeds(len(self.redis.servers) if args.cluster else 1)
-        self.nodes = [Node(self.root, i, self.redis.url, HISTORY_SIZE) for i in range(args.nodes)]
+        self.nodes = [
+            Node(self.root, i, self.redis.url, args.history_size) for i in range(args.nodes)
+        ]
         for node in self.nodes:
             node.start()
         for node in self.nodes:
@@ -171,7 +192,7 @@ class Soak:
         for i in range(args.clients):
             transport = "sse" if i < sse else "ws"
             feed = self.feeds[i % len(self.feeds)]
-            record = Record(f"{transport}-{i}", feed, transport, self.ledger, HISTORY_SIZE)
+            record = Record(f"{transport}-{i}", feed, transport, self.ledger, args.history_size)
             follower = Follower(
                 record,
                 self.nodes,
@@ -210,21 +231,16 @@ class Soak:
             )
             self.publishers.append(publisher)
             publishing.append(asyncio.create_task(publisher.run(interval, self.creating, give_up)))
+        self.tasks += publishing
         window = until - time.monotonic()
         self.say(f"chaos for {window:.0f} s")
-        if not args.no_faults:
-            schedule = plan(args.seed, window, count=max(len(KINDS), int(window / 2.5)))
-            started = time.monotonic()
+        if window < 10 and not args.no_faults:
+            self.failures.append(f"the setup left {window:.0f} s for faults: raise --duration")
+        elif not args.no_faults:
+            tracks = plan(args.seed, window, count=int(window / 2.5))
             progress = asyncio.create_task(self.progress(until))
             try:
-                for number, fault in enumerate(schedule):
-                    await asyncio.sleep(max(0.0, started + fault.at - time.monotonic()))
-                    # Every kind runs once even on a slow machine (into the quiesce's
-                    # first part if it must); later faults only within the window.
-                    end = self.deadline - 10 if number < len(KINDS) else until
-                    if time.monotonic() + fault.hold > end:
-                        break
-                    await self.strike(fault)
+                await asyncio.gather(*(self.run_track(track, until) for track in tracks))
             finally:
                 progress.cancel()
         await asyncio.sleep(max(0.0, until - time.monotonic()))
@@ -238,6 +254,17 @@ class Soak:
                 self.failures.append(f"a publisher failed: {task.exception()!r}")
         if pending:
             self.failures.append(f"{len(pending)} publishers still retrying at the end")
+
+    async def run_track(self, track: list[Fault], until: float) -> None:
+        started = time.monotonic()
+        for fault in track:
+            await asyncio.sleep(max(0.0, started + fault.at - time.monotonic()))
+            # Every kind runs once even on a slow machine (into the quiesce's first
+            # part if it must); later faults only within the window.
+            end = self.deadline - 10 if fault.first else until
+            if time.monotonic() + fault.hold > end:
+                break
+            await self.strike(fault)
 
     async def progress(self, until: float) -> None:
         while time.monotonic() < until:
@@ -289,11 +316,20 @@ class Soak:
             finally:
                 target.signal(signal.SIGCONT)
         elif kind == "pubsub-kill":
-            killed = 0
+            killed, missed = 0, 0
             for server in self.redis.servers:
-                with contextlib.suppress(Exception):  # a best effort on each server
-                    killed += int(await server.call("CLIENT", "KILL", "TYPE", "pubsub"))
-            detail = f"{killed} pub/sub connections"
+                # A stopped or restarting Redis is waited for (10 s at most).
+                for _ in range(20):
+                    try:
+                        killed += int(await server.call("CLIENT", "KILL", "TYPE", "pubsub"))
+                        break
+                    except (RedisError, OSError):
+                        await asyncio.sleep(0.5)
+                else:
+                    missed += 1
+            detail = f"{killed} pub/sub connections" + (
+                f", {missed} servers silent" if missed else ""
+            )
             target = self.redis.servers[0]
         else:
             count = max(1, round(len(self.followers) * fault.hold))
@@ -304,13 +340,17 @@ class Soak:
         took = round(time.monotonic() - started, 2)
         self.faults.append(FaultDone(kind, name, round(at, 2), took, detail))
 
+    def ready_within(self) -> float:
+        """READY_WITHIN, or less near the deadline: the run's end stays bounded."""
+        return max(1.0, min(READY_WITHIN, self.deadline + 5 - time.monotonic()))
+
     async def start_node(self, node: Node) -> None:
         node.start()
-        if not await node.ready(self.http, READY_WITHIN):
+        if not await node.ready(self.http, self.ready_within()):
             self.failures.append(f"{node.name} not ready {READY_WITHIN} s after a start")
 
     async def redis_healthy(self) -> None:
-        if not await self.redis.healthy(READY_WITHIN):
+        if not await self.redis.healthy(self.ready_within()):
             self.failures.append(f"Redis not healthy {READY_WITHIN} s after a restart")
 
     async def quiesce(self) -> dict[str, FeedEnd]:
@@ -342,6 +382,8 @@ class Soak:
     async def read_feed(self, feed: str) -> dict[str, Any]:
         """The feed's epoch and head, from any node that answers."""
         for _ in range(100):
+            if time.monotonic() > self.deadline:
+                break
             node = self.rng.choice(self.nodes)
             with contextlib.suppress(httpx.HTTPError):
                 answer = await self.http.get(f"{node.url}/v1/feeds/{feed}")
@@ -355,14 +397,17 @@ class Soak:
         """Stop everything, however the run ended."""
         self.stop_followers.set()
         self.creating.clear()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.wait(self.tasks, timeout=5) if self.tasks else None
-        for publisher in self.publishers:
-            await publisher.aclose()
-        await self.http.aclose()
-        for process in [*self.nodes, *self.redis.servers]:
-            process.kill()
+        try:
+            for task in self.tasks:
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=5)
+            for publisher in self.publishers:
+                await publisher.aclose()
+            await self.http.aclose()
+        finally:
+            for process in [*self.nodes, *self.redis.servers]:
+                process.kill()
 
     # ------------------------------------------------------------ the report
 
@@ -378,6 +423,7 @@ class Soak:
         return {
             "passed": result.passed,
             "redis": self.redis.kind,
+            "persistent": not args.no_persistence,
             "nodes": args.nodes,
             "clients": len(self.records),
             "ws": ws,
@@ -413,6 +459,7 @@ class Soak:
 def verdict_line(report: dict[str, Any]) -> str:
     kinds = " ".join(f"{kind}={count}" for kind, count in report["fault_kinds"].items())
     on = "" if report["redis"] == "redis" else f" on={report['redis']}"
+    on += "" if report["persistent"] else " persistence=none"
     return (
         f"chaos: {'PASS' if report['passed'] else 'FAIL'}{on} nodes={report['nodes']} "
         f"clients={report['clients']} (ws={report['ws']} sse={report['sse']}) "
@@ -431,7 +478,8 @@ async def soak(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C too, even where it was ignored
+        loop.add_signal_handler(sig, main.cancel)
     try:
         await run.setup()
         quiesce = max(15.0, min(60.0, args.duration * 0.25))
@@ -439,7 +487,7 @@ async def soak(args: argparse.Namespace) -> int:
         ends = await run.quiesce()
         for follower in run.followers:
             follower.cut()
-        result = verdict(run.records, run.accepted, ends, persistent=True)
+        result = verdict(run.records, run.accepted, ends, persistent=not args.no_persistence)
         result.failures += run.failures
         refused = sum(r.counts["refused"] for r in run.records)
         if refused:
@@ -457,7 +505,8 @@ async def soak(args: argparse.Namespace) -> int:
         print(verdict_line(report), flush=True)
         return 0 if result.passed else 1
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(run.aclose())
         if args.keep:
@@ -477,6 +526,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="the fault schedule's seed")
     parser.add_argument("--cluster", action="store_true", help="on a 3-primary Redis Cluster")
     parser.add_argument("--no-faults", action="store_true", help="traffic only")
+    parser.add_argument(
+        "--no-persistence",
+        action="store_true",
+        help="Redis without AOF: a Redis kill loses history, which must come as a reset",
+    )
+    parser.add_argument("--history-size", type=int, default=1000, help="the nodes' --history-size")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
     parser.add_argument("--keep", action="store_true", help="keep the logs' temp directory")
     args = parser.parse_args(argv)
@@ -498,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000), hard))
     try:
         return uvloop.run(soak(args))  # the readers' frames are parsed faster on uvloop
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("chaos: interrupted; everything stopped", file=sys.stderr)
         return 130
 

@@ -152,16 +152,18 @@ class Proc:
 
 
 class RedisProc(Proc):
-    """A redis-server with an append-only file fsync'd on every write: nothing it
-    acknowledged is lost by `kill -9`."""
+    """A redis-server with an append-only file fsync'd on every write (nothing it
+    acknowledged is lost by `kill -9`), or with no persistence at all (it comes back
+    empty: livepush must start a new epoch and say so with `reset`)."""
 
-    def __init__(self, root: Path, name: str, *extra: str) -> None:
+    def __init__(self, root: Path, name: str, *extra: str, persistent: bool = True) -> None:
         self.port = free_port()
         self.dir = root / name
         self.dir.mkdir()
         binary = shutil.which("redis-server") or "redis-server"
         argv = [binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir)]
-        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", *extra]
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
+        argv += ["--save", "", "--appendonly", "no", *aof, *extra]
         super().__init__(name, argv, self.dir / "log", {})
 
     def client(self) -> Redis:
@@ -184,12 +186,12 @@ class RedisProc(Proc):
 
 
 class Redis1:
-    """One redis-server with AOF, as docker-compose runs it."""
+    """One redis-server, with AOF as docker-compose runs it (or without persistence)."""
 
     kind = "redis"
 
-    def __init__(self, root: Path) -> None:
-        self.servers = [RedisProc(root, "redis")]
+    def __init__(self, root: Path, persistent: bool = True) -> None:
+        self.servers = [RedisProc(root, "redis", persistent=persistent)]
 
     @property
     def url(self) -> str:
@@ -201,9 +203,14 @@ class Redis1:
     async def start(self, within: float) -> None:
         for server in self.servers:
             server.start()
-        await self.healthy(within)
+        if not await self.answering(within):
+            raise RuntimeError(f"redis-server did not answer:\n{self.servers[0].tail()}")
 
     async def healthy(self, within: float) -> bool:
+        """Ready for livepush: every server answers."""
+        return await self.answering(within)
+
+    async def answering(self, within: float) -> bool:
         deadline = time.monotonic() + within
         for server in self.servers:
             while not await server.answers():
@@ -221,12 +228,12 @@ class RedisCluster(Redis1):
 
     kind = "cluster"
 
-    def __init__(self, root: Path, primaries: int = 3) -> None:
+    def __init__(self, root: Path, persistent: bool = True, primaries: int = 3) -> None:
         self.servers = []
         for i in range(primaries):
             extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             extra += ["--cluster-node-timeout", "15000", "--cluster-port", str(free_port())]
-            self.servers.append(RedisProc(root, f"redis-{i}", *extra))
+            self.servers.append(RedisProc(root, f"redis-{i}", *extra, persistent=persistent))
 
     @property
     def url(self) -> str:
@@ -268,7 +275,7 @@ class RedisCluster(Redis1):
 
     async def healthy(self, within: float) -> bool:
         """Every primary answers and says cluster_state:ok."""
-        if not await super().healthy(within):
+        if not await self.answering(within):
             return False
         deadline = time.monotonic() + within
         for server in self.servers:
