@@ -24,7 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livepush import __version__, config
-from livepush.api import docs, feeds, ingest, ops
+from livepush.api import docs, feeds, ingest, ops, stories
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
@@ -33,8 +33,10 @@ from livepush.gc_policy import GcPolicy
 from livepush.metrics import REPORT_SECONDS, start_report
 from livepush.model import CloseCode, is_feed_name
 from livepush.pages import page_headers, render_editor, render_reader
+from livepush.releaser import LOOK_SECONDS, Releaser
 from livepush.runtime import Runtime, runtime_of
 from livepush.seed import DEMO_FEED, seed_demo
+from livepush.transports.base import Drain
 from livepush.transports.fastws import FastPath
 from livepush.transports.sse import feed_events
 from livepush.transports.uvicorn import LivepushHttpProtocol
@@ -191,6 +193,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
     LivepushHttpProtocol.fast_path = FastPath(FastHandshake(runtime), settings.ws_compression)
+    Drain.configure(settings.drain_seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -198,6 +201,10 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         if settings.demo and isinstance(runtime.broker, MemoryBroker):
             await seed_demo(runtime.broker)
         loop = asyncio.get_running_loop()
+        # Scheduled entries, released by whichever node comes first (each once).
+        releaser = Releaser(runtime.broker)
+        releaser.look()
+        releases = _Repeat(loop, LOOK_SECONDS, releaser.look)
         keepalive = _Repeat(loop, settings.sse_keepalive, runtime.keepalive)
         freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, runtime.gc.tick)
         presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
@@ -220,6 +227,8 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             presence.cancel()
             tokens.cancel()
             reports.cancel()
+            releases.cancel()
+            await releaser.aclose()
             runtime.hub.close_all(CloseCode.SERVICE_RESTART)
             await runtime.hub.aclose()
             await runtime.broker.aclose()
@@ -235,7 +244,11 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         Route("/metrics", ops.metrics),
         Route("/v1/openapi.json", docs.openapi_json),
         Route("/v1/asyncapi.json", docs.asyncapi_json),
-        Route("/v1/feeds/{feed}", feeds.feed_info),
+        Route(
+            "/v1/feeds/{feed}",
+            by_method(GET=feeds.feed_info, PATCH=stories.update_feed),
+            methods=["GET", "PATCH"],
+        ),
         # One route per path, so a 405 lists every method of the path in `Allow`.
         Route(
             "/v1/feeds/{feed}/entries",
@@ -245,6 +258,14 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         Route(
             "/v1/feeds/{feed}/entries/{entry_id}",
             by_method(PATCH=ingest.update_entry, DELETE=ingest.delete_entry),
+            methods=["PATCH", "DELETE"],
+        ),
+        Route("/v1/feeds/{feed}/entries/{entry_id}/revisions", stories.entry_revisions),
+        Route("/v1/feeds/{feed}/entries/{entry_id}/purge", stories.purge_entry, methods=["POST"]),
+        Route("/v1/feeds/{feed}/scheduled", stories.list_scheduled),
+        Route(
+            "/v1/feeds/{feed}/scheduled/{entry_id}",
+            by_method(PATCH=stories.update_scheduled, DELETE=stories.cancel_scheduled),
             methods=["PATCH", "DELETE"],
         ),
         Route("/v1/feeds/{feed}/snapshot", feeds.feed_snapshot),

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from livepush import __version__
-from livepush.openapi import FEED_PATTERN, Entry
+from livepush.openapi import FEED_PATTERN, Entry, FeedMeta
 from livepush.wire import MAX_CLIENT_MESSAGE, MAX_SEQ
 
 Feed = str
@@ -104,6 +104,27 @@ class EntryDeleted(BaseModel):
     feed: Feed
     seq: Seq = Field(ge=1)
     id: str
+    purged: bool = Field(default=False, description="true: a purge took its text everywhere")
+
+
+class FeedUpdated(BaseModel):
+    """The feed's title, description or status changed; `meta` is all of its metadata."""
+
+    model_config = _model("FeedUpdated")
+    type: Literal["feed.updated"]
+    feed: Feed
+    seq: Seq = Field(ge=1)
+    meta: FeedMeta
+
+
+class EntryPurged(BaseModel):
+    """What a purged entry's events became in history (replays carry it, never live)."""
+
+    model_config = _model("EntryPurged")
+    type: Literal["entry.purged"]
+    feed: Feed
+    seq: Seq = Field(ge=1)
+    id: str
 
 
 class Reset(BaseModel):
@@ -154,7 +175,7 @@ class Unsubscribed(BaseModel):
 
 
 CLIENT = (Subscribe, Unsubscribe, Ping)
-EVENTS = (EntryCreated, EntryUpdated, EntryDeleted)
+EVENTS = (EntryCreated, EntryUpdated, EntryDeleted, FeedUpdated, EntryPurged)
 WS_SERVER = (Subscribed, *EVENTS, Reset, Error, Pong, Receipt, Unsubscribed)
 SSE_SERVER = (Subscribed, *EVENTS, Reset, Receipt, Unsubscribed)
 

@@ -19,6 +19,11 @@ def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def rfc3339_ms(at: int) -> str:
+    """Unix milliseconds as RFC 3339 in UTC with millisecond precision."""
+    return rfc3339(datetime.fromtimestamp(at / 1000, UTC))
+
+
 def now_rfc3339() -> str:
     """The current time, RFC 3339 in UTC with millisecond precision."""
     return rfc3339(datetime.now(UTC))

@@ -26,10 +26,21 @@ from enum import Enum
 from typing import Any, Protocol
 
 from livepush.history import Lost, Replay, Ring, decide
-from livepush.model import CloseCode, Event, History
-from livepush.wire import encode, sse_block, sse_message, ws_deflate_frame, ws_frame
+from livepush.model import CloseCode, Event, EventType, History
+from livepush.wire import (
+    encode,
+    is_purge,
+    purged_event,
+    purged_id,
+    sse_block,
+    sse_message,
+    ws_deflate_frame,
+    ws_frame,
+)
 
 log = logging.getLogger("livepush.feed")
+
+PURGED = EventType.PURGED
 
 # Events a node keeps per watched feed, so most resumes need no broker round trip.
 RECENT_EVENTS = 256
@@ -38,6 +49,8 @@ RECENT_EVENTS = 256
 MAX_PENDING = 10_000
 # Frames kept per feed for catch-ups (all formats); cleared when full.
 FRAME_CACHE = 4 * RECENT_EVENTS
+# Purged entries remembered per feed, for history reads older than their purge.
+PURGED_KEPT = 16
 
 
 class Format(Enum):
@@ -236,6 +249,10 @@ class Feed:
         # Frames of this epoch's events by (format, seq): every catch-up (a reconnect
         # storm's thousands of joiners) reuses the frame the live path built.
         self._frames: dict[tuple[Format, int], bytes] = {}
+        # Entries purged lately (oldest first): a join's history read sent before a
+        # purge must not bring their text back (purge()).
+        self._purged: dict[str, None] = {}
+        self._scrub: tuple[History, History] | None = None  # the last read scrubbed
 
     # Position
 
@@ -291,7 +308,8 @@ class Feed:
             self.filling = True  # a hole: pub/sub dropped something
         else:
             seen = self.recent.at(event.seq)
-            if seen is not None and seen.payload != event.payload:
+            # A purged event differs from what pub/sub carried, and proves nothing.
+            if seen is not None and seen.payload != event.payload and seen.type is not PURGED:
                 # The same seq twice with other content: writes under this epoch were lost.
                 log.warning("feed %s: history lost writes under epoch %s", self.name, self.epoch)
                 self._stale = self.epoch
@@ -325,6 +343,46 @@ class Feed:
         self.head = event.seq
         self.recent.append(event)
         self._run.append(event)
+        if is_purge(event):
+            self.purge(purged_id(event))
+
+    def purge(self, entry_id: str) -> None:
+        """An entry was purged (its `entry.deleted` marked so reached this node, in seq
+        order): its events in the recent ring, the held ones and the run about to go
+        out become `entry.purged`, and their cached frames are dropped, so no resume
+        from this node sees its text again. Costs O(RECENT_EVENTS + held events)."""
+
+        def purged(event: Event) -> Event | None:
+            return purged_event(event, entry_id)
+
+        self.recent.rewrite(purged)
+        self.pending = {seq: purged(event) or event for seq, event in self.pending.items()}
+        self._run = [purged(event) or event for event in self._run]
+        self._frames.clear()  # frames of history older than the ring may hold it too
+        self._purged[entry_id] = None
+        self._scrub = None
+        if len(self._purged) > PURGED_KEPT:
+            del self._purged[next(iter(self._purged))]
+
+    def _scrubbed(self, history: History) -> History:
+        """`history` as it stands after the purges this node has seen (its read may be
+        older than one of them). Costs a search of each event for each recent purge,
+        once per read however many joiners share it, and only after a purge."""
+        if not self._purged:
+            return history
+        if self._scrub is not None and self._scrub[0] is history:
+            return self._scrub[1]
+        ids = [(entry_id, entry_id.encode()) for entry_id in self._purged]
+        events = []
+        for event in history.events:
+            for entry_id, raw in ids:
+                if raw in event.payload and (purged := purged_event(event, entry_id)):
+                    event = purged
+                    break
+            events.append(event)
+        scrubbed = History(history.epoch, history.head_seq, history.first_seq, tuple(events))
+        self._scrub = (history, scrubbed)
+        return scrubbed
 
     def _frame(self, fmt: Format, event: Event) -> bytes:
         """`event` framed for `fmt`, built once per epoch however many sockets get it."""
@@ -416,6 +474,7 @@ class Feed:
         if history no longer reaches back to it (it fell behind history)."""
         if sub not in self.paused:
             return []
+        history = self._scrubbed(history)
         decision = decide(
             sub.last_seq, self.epoch, history.epoch, history.head_seq, history.first_seq
         )
@@ -512,6 +571,7 @@ class Feed:
         join is complete: `ReadHistory` (the node moved on while the client read: read
         again from where it got to), `RenewEpoch` or `CatchUp` (then read again as
         before)."""
+        history = self._scrubbed(history)
         if history.epoch != self.epoch:
             # The feed's history was lost (Redis emptied) and this node has not yet
             # noticed, or the read is older than a change the node already made: the

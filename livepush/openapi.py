@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from livepush import __version__
-from livepush.schema import EntryPatch, NewEntry
+from livepush.schema import EntryPatch, FeedPatch, NewEntry, Purge, ScheduledPatch
 from livepush.wire import MAX_SEQ
 
 FEED_PATTERN = "^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -41,8 +41,21 @@ class Entry(BaseModel):
     meta: dict[str, Any] | None
 
 
+class FeedMeta(BaseModel):
+    """A feed's metadata (the `meta` of `feed.updated`)."""
+
+    model_config = ConfigDict(extra="allow", title="FeedMeta")
+
+    title: str | None
+    description: str | None
+    status: Literal["live", "paused", "ended"]
+    created_at: str
+    ended_at: str | None
+
+
 class Event(BaseModel):
-    """One event of a feed: `entry` for created and updated, `id` for deleted and purged."""
+    """One event of a feed: `entry` for created and updated, `id` for deleted and purged,
+    `meta` for feed.updated."""
 
     model_config = ConfigDict(extra="allow", title="Event")
 
@@ -51,6 +64,7 @@ class Event(BaseModel):
     seq: int = Field(ge=1)
     entry: Entry | None = None
     id: str | None = None
+    meta: FeedMeta | None = None
 
 
 class History(BaseModel):
@@ -63,7 +77,7 @@ class History(BaseModel):
     events: list[Event]
 
 
-class Snapshot(BaseModel):
+class Snapshot(FeedMeta):
     model_config = ConfigDict(extra="allow", title="Snapshot")
 
     feed: str
@@ -72,13 +86,88 @@ class Snapshot(BaseModel):
     entries: list[Entry]
 
 
-class FeedInfo(BaseModel):
+class FeedInfo(FeedMeta):
     model_config = ConfigDict(extra="allow", title="FeedInfo")
 
     feed: str
     epoch: str
     head_seq: int = Field(ge=0)
     subscribers: int = Field(ge=0, description="over every node")
+
+
+class FeedChanged(FeedMeta):
+    """The feed after a change of its metadata; `head_seq` is its `feed.updated` event's."""
+
+    model_config = ConfigDict(extra="allow", title="FeedChanged")
+
+    feed: str
+    epoch: str
+    head_seq: int = Field(ge=1)
+
+
+class ScheduledAccepted(BaseModel):
+    model_config = ConfigDict(extra="allow", title="ScheduledAccepted")
+
+    id: str
+    publish_at: str
+    status: Literal["scheduled"]
+
+
+class ScheduledEntry(ScheduledAccepted):
+    """A pending scheduled entry: its fields, its time, who scheduled it and when."""
+
+    model_config = ConfigDict(extra="allow", title="ScheduledEntry")
+
+    scheduled_at: str
+    updated_at: str
+    token: str = Field(description="the name of the token that scheduled it")
+    entry: dict[str, Any] = Field(description="title, body, author, tags, pinned, meta")
+
+
+class ScheduledList(BaseModel):
+    model_config = ConfigDict(extra="allow", title="ScheduledList")
+
+    feed: str
+    scheduled: list[ScheduledEntry]
+
+
+class PurgeRecord(BaseModel):
+    """A purge's audit record; `seq` is its `entry.deleted` event's."""
+
+    model_config = ConfigDict(extra="allow", title="PurgeRecord")
+
+    seq: int = Field(ge=1)
+    at: str
+    token: str
+    reason: str
+
+
+class Purged(PurgeRecord):
+    model_config = ConfigDict(extra="allow", title="Purged")
+
+    feed: str
+    id: str
+
+
+class Revision(BaseModel):
+    """One version of an entry; a purged entry's keep everything but `entry` (null)."""
+
+    model_config = ConfigDict(extra="allow", title="Revision")
+
+    seq: int = Field(ge=1, description="the seq of the event that made this version")
+    updated_at: str
+    token: str = Field(description="the name of the token that wrote it")
+    changed: list[str] = Field(description="the fields this version changed")
+    entry: Entry | None
+
+
+class Revisions(BaseModel):
+    model_config = ConfigDict(extra="allow", title="Revisions")
+
+    feed: str
+    id: str
+    revisions: list[Revision]
+    purged: PurgeRecord | None
 
 
 class Status(BaseModel):
@@ -185,6 +274,14 @@ SSE_EVENT = {
 }
 
 
+REPLAYED = {
+    "Idempotency-Replayed": {
+        "description": "`true`: the first answer to this key",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": schema, "description": description}
 
@@ -254,16 +351,12 @@ def _paths() -> dict[str, Any]:
             ),
             "post": _operation(
                 "publish",
-                "Publish a new entry",
+                "Publish a new entry (with `publish_at`: schedule it)",
                 {
-                    "201": {
-                        **_json("Entry", "the stored entry"),
-                        "headers": {
-                            "Idempotency-Replayed": {
-                                "description": "`true`: the first answer to this key",
-                                "schema": {"type": "string", "enum": ["true"]},
-                            }
-                        },
+                    "201": {**_json("Entry", "the stored entry"), "headers": REPLAYED},
+                    "202": {
+                        **_json("ScheduledAccepted", "scheduled: published at `publish_at`"),
+                        "headers": REPLAYED,
                     },
                     **_errors(*WRITE_ERRORS),
                 },
@@ -299,9 +392,66 @@ def _paths() -> dict[str, Any]:
             "parameters": [FEED],
             "get": _operation(
                 "feed_info",
-                "The feed's position and its subscribers on every node",
+                "The feed's position, metadata and subscribers on every node",
                 {"200": _json("FeedInfo", "the feed"), **_errors(*READ_ERRORS)},
                 security=READ_SECURITY,
+            ),
+            "patch": _operation(
+                "update_feed",
+                "Change the feed's title, description or status (a feed.updated event)",
+                {"200": _json("FeedChanged", "the feed"), **_errors(*WRITE_ERRORS, 409)},
+                security=WRITE_SECURITY,
+                body="FeedPatch",
+            ),
+        },
+        "/v1/feeds/{feed}/scheduled": {
+            "parameters": [FEED],
+            "get": _operation(
+                "scheduled",
+                "The pending scheduled entries, soonest first",
+                {
+                    "200": _json("ScheduledList", "the scheduled entries"),
+                    **_errors(401, 403, 422, 503),
+                },
+                security=WRITE_SECURITY,
+            ),
+        },
+        "/v1/feeds/{feed}/scheduled/{entry_id}": {
+            "parameters": [FEED, ENTRY_ID],
+            "patch": _operation(
+                "reschedule",
+                "Change a scheduled entry's fields or time",
+                {
+                    "200": _json("ScheduledEntry", "the scheduled entry"),
+                    **_errors(*WRITE_ERRORS, 409),
+                },
+                security=WRITE_SECURITY,
+                body="ScheduledPatch",
+            ),
+            "delete": _operation(
+                "unschedule",
+                "Cancel a scheduled entry",
+                {"204": {"description": "cancelled"}, **_errors(401, 403, 404, 422, 429, 503)},
+                security=WRITE_SECURITY,
+            ),
+        },
+        "/v1/feeds/{feed}/entries/{entry_id}/revisions": {
+            "parameters": [FEED, ENTRY_ID],
+            "get": _operation(
+                "revisions",
+                "Every version of an entry, oldest first, and its purge",
+                {"200": _json("Revisions", "the trail"), **_errors(401, 403, 404, 422, 503)},
+                security=WRITE_SECURITY,
+            ),
+        },
+        "/v1/feeds/{feed}/entries/{entry_id}/purge": {
+            "parameters": [FEED, ENTRY_ID],
+            "post": _operation(
+                "purge",
+                "Remove an entry's text from everywhere it was kept (legal takedown)",
+                {"200": _json("Purged", "the audit record"), **_errors(*WRITE_ERRORS)},
+                security=WRITE_SECURITY,
+                body="Purge",
             ),
         },
         "/v1/feeds/{feed}/snapshot": {
@@ -416,7 +566,11 @@ def _paths() -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (NewEntry, EntryPatch, Entry, Event, History, Snapshot, FeedInfo, Status):
+    models: tuple[type[BaseModel], ...] = (NewEntry, EntryPatch, FeedPatch, ScheduledPatch, Purge)
+    models += (Entry, Event, History)
+    models += (Snapshot, FeedInfo, FeedChanged, ScheduledAccepted, ScheduledEntry)
+    models += (ScheduledList, Purged, Revisions, Status)
+    for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.model_config.get("title") or model.__name__] = schema

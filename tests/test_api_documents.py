@@ -101,6 +101,8 @@ SCHEMA_OF = {
     "entry.created": "EntryCreated",
     "entry.updated": "EntryUpdated",
     "entry.deleted": "EntryDeleted",
+    "feed.updated": "FeedUpdated",
+    "entry.purged": "EntryPurged",
     "reset": "Reset",
     "error": "Error",
     "pong": "Pong",
@@ -125,8 +127,17 @@ async def test_websocket_messages_are_the_documented_ones(documented: Server) ->
             path = f"/v1/feeds/documents-ws/entries/{created.json()['id']}"
             assert (await http.patch(path, json={"title": "two"})).status_code == 200
             assert (await http.delete(path)).status_code == 204
-        for kind in ("entry.created", "entry.updated", "entry.deleted"):
+            feed = "/v1/feeds/documents-ws"
+            assert (await http.patch(feed, json={"status": "ended"})).status_code == 200
+            purge = {"reason": "a court order"}
+            assert (await http.post(f"{path}/purge", json=purge)).status_code == 200
+        for kind in ("entry.created", "entry.updated", "entry.deleted", "feed.updated"):
             await client.recv_type(kind)
+        await client.recv_type("entry.deleted")  # the purge's
+        # A purged entry's events are replayed as entry.purged.
+        await client.send({"type": "unsubscribe", "feed": "documents-ws"})
+        await client.subscribe("documents-ws", since=0)
+        await client.recv_type("entry.purged")
         await client.send({"type": "ping"})
         await client.recv_type("pong")
         await client.send({"type": "nonsense"})

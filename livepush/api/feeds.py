@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from livepush.api.ingest import feed_of
 from livepush.errors import BadSince, InvalidEntry
+from livepush.feedmeta import meta_members
 from livepush.model import Snapshot
 from livepush.runtime import runtime_of
 from livepush.wire import MAX_SEQ, parse_since
@@ -54,24 +55,23 @@ def readable_feed(request: Request) -> tuple[str, bool]:
 
 
 async def feed_info(request: Request) -> Response:
-    """`GET /v1/feeds/{feed}`: epoch, head and the subscribers on every node.
+    """`GET /v1/feeds/{feed}`: epoch, head, the subscribers on every node, and the feed's
+    metadata (title, description, status, created_at, ended_at).
 
     Other nodes' counts are their last report (every 2 s); this node's are live.
     """
     runtime = runtime_of(request)
     feed, private = readable_feed(request)
-    history = await runtime.broker.history(feed, 0, 0)
-    return _json(
-        orjson.dumps(
-            {
-                "feed": feed,
-                "epoch": history.epoch,
-                "head_seq": history.head_seq,
-                "subscribers": await runtime.total_subscribers(feed),
-            }
-        ),
-        private,
+    about = await runtime.broker.about(feed)
+    head = orjson.dumps(
+        {
+            "feed": feed,
+            "epoch": about.epoch,
+            "head_seq": about.head_seq,
+            "subscribers": await runtime.total_subscribers(feed),
+        }
     )
+    return _json(head[:-1] + b"," + meta_members(about.meta) + b"}", private)
 
 
 async def feed_history(request: Request) -> Response:
@@ -98,10 +98,12 @@ async def feed_history(request: Request) -> Response:
 
 
 def snapshot_body(snapshot: Snapshot) -> bytes:
+    """`{"feed", "epoch", "head_seq", <the feed's metadata>, "entries"}`."""
     head = orjson.dumps(
         {"feed": snapshot.feed, "epoch": snapshot.epoch, "head_seq": snapshot.head_seq}
     )
-    return head[:-1] + b',"entries":[' + b",".join(snapshot.entries) + b"]}"
+    meta = b"," + meta_members(snapshot.meta) if len(snapshot.meta) > 2 else b""
+    return head[:-1] + meta + b',"entries":[' + b",".join(snapshot.entries) + b"]}"
 
 
 async def feed_snapshot(request: Request) -> Response:

@@ -1,13 +1,16 @@
-"""The ingest API: publish, correct and retract entries."""
+"""The ingest API: publish (now or at a time), correct and retract entries."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from livepush.auth import audit
-from livepush.entries import entry_fields, new_entry_id, now_rfc3339
+from livepush.auth import audit, audit_log
+from livepush.entries import entry_fields, new_entry_id, now_rfc3339, rfc3339_ms
 from livepush.errors import (
     BadJSON,
     Conflict,
@@ -16,10 +19,12 @@ from livepush.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from livepush.model import Change, EventType, is_feed_name
-from livepush.runtime import runtime_of
-from livepush.schema import parse_new_entry, parse_patch
-from livepush.tokens import Action
+from livepush.model import Change, EventType, Scheduled, is_feed_name
+from livepush.revisions import changed_fields, revision_record
+from livepush.runtime import Runtime, runtime_of
+from livepush.scheduled import accepted_body, scheduled_record
+from livepush.schema import parse_patch, parse_submission
+from livepush.tokens import Action, PublisherToken
 from livepush.wire import entry_template
 
 # A correction retried this many times against concurrent ones gives up with 503.
@@ -67,7 +72,8 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
 
 
 async def create_entry(request: Request) -> Response:
-    """`POST /v1/feeds/{feed}/entries`: 201 with the stored entry."""
+    """`POST /v1/feeds/{feed}/entries`: 201 with the stored entry; with `publish_at`,
+    202 and the entry is held until then (api/stories.py)."""
     runtime = runtime_of(request)
     feed = feed_of(request)
     token = runtime.access.writer(request.headers.get("authorization"), Action.PUBLISH, feed)
@@ -77,8 +83,10 @@ async def create_entry(request: Request) -> Response:
             "bad Idempotency-Key",
             fields={"Idempotency-Key": f"1..{MAX_IDEMPOTENCY_KEY} printable characters"},
         )
-    fields = parse_new_entry(await read_json(request, runtime.settings.max_body))
+    fields, publish_at = parse_submission(await read_json(request, runtime.settings.max_body))
     runtime.publishers.spend(token)
+    if publish_at is not None:
+        return await schedule_entry(runtime, feed, token, fields, publish_at, key)
     now = now_rfc3339()
     entry_id = new_entry_id()
     change = Change(
@@ -86,6 +94,7 @@ async def create_entry(request: Request) -> Response:
         entry_id,
         entry_template(entry_id, None, entry_fields(fields, now, now)),
         pinned=fields["pinned"],
+        revision=revision_record(now, token.name, changed_fields(None, fields)),
     )
     published = await runtime.broker.publish(feed, change, idempotency_key=key)
     if not published.duplicate:
@@ -93,6 +102,38 @@ async def create_entry(request: Request) -> Response:
         audit(token, Action.PUBLISH, feed, entry_id, published.position.seq)
     headers = {"Idempotency-Replayed": "true"} if published.duplicate else None
     return _json(published.entry or b"{}", 201, headers)
+
+
+async def schedule_entry(
+    runtime: Runtime,
+    feed: str,
+    token: PublisherToken,
+    fields: dict[str, Any],
+    publish_at: int,
+    key: str | None,
+) -> Response:
+    """A new entry with `publish_at`: 202 `{"id", "publish_at", "status": "scheduled"}`,
+    and nothing is published until the broker releases it (releaser.py)."""
+    entry_id, now = new_entry_id(), now_rfc3339()
+    at = rfc3339_ms(publish_at)
+    record = scheduled_record(entry_id, at, fields, token.name, now)
+    item = Scheduled(entry_id, publish_at, record)
+    stored = await runtime.broker.schedule(feed, item, idempotency_key=key)
+    duplicate = stored.entry_id != entry_id
+    if not duplicate:
+        audit_story(token, "schedule", feed, entry_id, publish_at=at)
+    headers = {"Idempotency-Replayed": "true"} if duplicate else None
+    return _json(accepted_body(stored), 202, headers)
+
+
+def audit_story(
+    token: PublisherToken, action: str, feed: str, entry_id: str | None, **more: object
+) -> None:
+    """Log an accepted story write (auth.audit's line, with actions of its own:
+    feed, schedule, reschedule, unschedule, purge)."""
+    if audit_log.isEnabledFor(logging.INFO):
+        line = {"token": token.name, "action": action, "feed": feed, "entry": entry_id, **more}
+        audit_log.info("%s", orjson.dumps(line).decode())
 
 
 async def update_entry(request: Request) -> Response:
@@ -107,15 +148,17 @@ async def update_entry(request: Request) -> Response:
         stored = await runtime.broker.entry(feed, entry_id)
         if stored is None or not stored.live:
             raise NotFound(f"no live entry {entry_id!r} in feed {feed!r}")
-        entry = orjson.loads(stored.json)
-        entry.update(patch)
-        fields = entry_fields(entry, entry["published_at"], now_rfc3339())
+        before = orjson.loads(stored.json)
+        entry = {**before, **patch}
+        now = now_rfc3339()
+        fields = entry_fields(entry, entry["published_at"], now)
         change = Change(
             EventType.UPDATED,
             entry_id,
             entry_template(entry_id, entry["seq"], fields),
             pinned=bool(fields["pinned"]),
             expected=stored.json,
+            revision=revision_record(now, token.name, changed_fields(before, entry)),
         )
         try:
             published = await runtime.broker.publish(feed, change)
