@@ -205,9 +205,6 @@ class Publishers:
                 found = token
         return found
 
-    def is_publisher(self, value: str | None) -> bool:
-        return self.find(value) is not None
-
     def authorize(self, header: str | None, action: Action, feed: str) -> PublisherToken:
         """The token of an `Authorization: Bearer` header that may do `action` on `feed`:
         401 without a token, 403 for one that is not a publisher's or not for this."""

@@ -47,7 +47,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import ExtensionName, ExtensionParameter
 
 from livepush.model import CloseCode
-from livepush.transports.base import ABORT_AFTER, Socket
+from livepush.transports.base import ABORT_AFTER, Drain, Socket
 from livepush.wire import DEFLATE_WINDOW_BITS
 
 log = logging.getLogger("uvicorn.error")
@@ -397,6 +397,11 @@ class FastSocket(asyncio.Protocol):
         if request.rest:
             opened.data_received(request.rest)
 
+    def peer(self) -> str:
+        """The client's address (the TCP peer: a proxy's, behind one)."""
+        peername = self.transport.get_extra_info("peername")
+        return str(peername[0]) if isinstance(peername, tuple) else str(peername or "")
+
     def detach(self, handler: MessageHandler) -> None:
         """Feed this socket's client messages to `handler` from now on."""
         self._handler = handler
@@ -412,7 +417,7 @@ class FastSocket(asyncio.Protocol):
         closing = False
         for frame in events:
             opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if opcode is Opcode.TEXT:
                 if frame.fin:
                     self._message(frame.data)
                 else:
@@ -422,6 +427,11 @@ class FastSocket(asyncio.Protocol):
                 if frame.fin:
                     message, self._frames = b"".join(self._frames), []
                     self._message(message)
+            elif opcode is Opcode.BINARY:
+                # The contract is text frames of JSON (SPEC); a client sending binary
+                # is not one of ours: RFC 6455's own example of 1003, unsupported data.
+                self._fail(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                break
             elif opcode is Opcode.PONG and frame.data == self._pending_ping:
                 self._pending_ping = None
             elif opcode is Opcode.CLOSE:
@@ -440,8 +450,22 @@ class FastSocket(asyncio.Protocol):
 
     def _message(self, data: bytes) -> None:
         handler = self._handler
-        if handler is not None and not self._close_sent:
-            handler.receive(data)
+        if handler is None or self._close_sent:
+            return
+        try:
+            data.decode()  # a few KiB at most; websockets' sans-I/O layer leaves it to us
+        except UnicodeDecodeError:
+            # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text frame")
+            return
+        handler.receive(data)
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        """Close with `code`: a broken client. Its later messages are not read (`_message`
+        stops at the close) and its session ends with the connection."""
+        if not self.closing:
+            self._send_close(int(code), reason)
+            self._close_timer = self.loop.call_later(ABORT_AFTER, self.transport.abort)
 
     def close(self, code: CloseCode) -> None:
         """Send a close frame; abort if the peer has not answered it within ABORT_AFTER."""
@@ -469,7 +493,11 @@ class FastSocket(asyncio.Protocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
 
     def shutdown(self) -> None:
-        """uvicorn is stopping: tell the client to reconnect elsewhere (1012)."""
+        """uvicorn is stopping: tell the client to reconnect elsewhere (1012), at this
+        socket's moment of the drain window (base.Drain)."""
+        Drain.schedule(self.loop, self._restart)
+
+    def _restart(self) -> None:
         if not self.closing:
             self._send_close(CloseCode.SERVICE_RESTART)
         self.transport.close()

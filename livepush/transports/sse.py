@@ -13,6 +13,7 @@ head never passes through it (tests/test_sse.py compares the heads).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
@@ -22,11 +23,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from livepush.api.ingest import feed_of
-from livepush.errors import BadPosition, BadSince, BrokerUnavailable, Forbidden, NotFound
+from livepush.errors import (
+    BadPosition,
+    BadSince,
+    BrokerUnavailable,
+    Forbidden,
+    NotFound,
+    RateLimited,
+)
 from livepush.hub import Format, Hub, Subscription, sse_comment, sse_control
 from livepush.model import CloseCode
 from livepush.runtime import SseStream, runtime_of
-from livepush.transports.base import ABORT_AFTER, Socket
+from livepush.transports.base import ABORT_AFTER, Drain, Socket
 from livepush.wire import parse_since
 
 # The scope extension through which uvicorn's HTTP protocol hosts an event stream.
@@ -113,8 +121,9 @@ class SseSocket:
             self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, transport.abort)
 
     def shutdown(self) -> None:
-        """The server is stopping: end at once, so the reader reconnects elsewhere."""
-        self.close(CloseCode.SERVICE_RESTART)
+        """The server is stopping: end at this stream's moment of the drain window
+        (base.Drain), so the reader reconnects elsewhere."""
+        Drain.schedule(asyncio.get_running_loop(), lambda: self.close(CloseCode.SERVICE_RESTART))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._abort is not None:
@@ -146,23 +155,28 @@ class SseConnection:
 def parse_position(request: Request) -> tuple[int | None, str | None]:
     """The resume position: `?since=N&epoch=E`, else Last-Event-ID `<epoch>:<seq>`.
 
-    A bare seq without an epoch is trusted as it is (SPEC).
+    A bare seq without an epoch is trusted as it is (SPEC). A malformed Last-Event-ID
+    is refused even when `?since=` overrides it: a client sending one is broken, and
+    it is better told than silently resumed from elsewhere.
     """
     query = request.query_params
     last_id = request.headers.get("last-event-id")
-    if "since" in query:
-        raw, epoch = query["since"], query.get("epoch")
-    elif last_id:
-        epoch_part, _, seq_part = last_id.rpartition(":")
-        raw, epoch = seq_part, epoch_part or None
-    else:
-        return None, query.get("epoch")
     try:
-        return parse_since(raw), epoch
+        from_header = _last_event_id(last_id) if last_id else None
+        if "since" in query:
+            return parse_since(query["since"]), query.get("epoch")
     except BadSince:
         raise BadPosition(
             "since (or Last-Event-ID) must be [<epoch>:]<non-negative integer>"
         ) from None
+    if from_header is not None:
+        return from_header
+    return None, query.get("epoch")
+
+
+def _last_event_id(value: str) -> tuple[int, str | None]:
+    epoch, _, seq = value.rpartition(":")
+    return parse_since(seq), epoch or None
 
 
 def cors_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -192,15 +206,26 @@ async def feed_events(request: Request) -> Response | EventStream:
     origin = request.headers.get("origin")
     if not runtime.origin_allowed(origin):
         raise Forbidden("this origin may not subscribe")
+    grant = runtime.access.read_request(request, feed)  # 401, 403 for a private feed
     since, epoch = parse_position(request)
     host: StreamHost | None = request.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
     if host is None or request.scope["http_version"] != "1.1":
         raise NotFound("event streams need HTTP/1.1 under `livepush serve`")
     if request.method == "HEAD":
         return Response(headers=HEADERS)  # the stream's headers, without the stream
+    address = None
+    if runtime.addresses.limited:
+        client = request.client
+        address = client.host if client is not None else ""
+        if not runtime.addresses.admit(address):
+            raise RateLimited("too many connections from this address", retry_after=10)
     runtime.gc.opened()
     head = stream_head(cors_origin(origin, runtime.settings.allowed_origins))
-    return EventStream(runtime.hub, runtime.sse_streams, host, head, feed, since, epoch)
+    stream = EventStream(runtime.hub, runtime.sse_streams, host, head, feed, since, epoch)
+    stream.expires = grant.expires
+    if address is not None:
+        stream.on_end = lambda: runtime.addresses.release(address)
+    return stream
 
 
 class EventStream:
@@ -221,17 +246,37 @@ class EventStream:
     ) -> None:
         self.hub, self.streams, self.host, self.head = hub, streams, host, head
         self.feed, self.since, self.epoch = feed, since, epoch
+        self.expires: float | None = None  # the reader token's `exp` (Unix time)
+        self.on_end: Callable[[], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub: Subscription | None = None
+        expiry: asyncio.TimerHandle | None = None
 
         def ended() -> None:
             self.streams.discard(socket)
+            if expiry is not None:
+                expiry.cancel()
+            if self.on_end is not None:
+                self.on_end()
             if sub is not None:
                 self.hub.unsubscribe(sub)
 
+        def expired() -> None:
+            # The reader token ran out: say so, then end the stream (SPEC "Access").
+            # EventSource would reconnect with the same URL and its dead token; the
+            # client renews its token first (livepush.js does).
+            message = {"type": "unsubscribed", "feed": self.feed, "reason": "token_expired"}
+            if not socket.closing:
+                socket.write(sse_control("unsubscribed", message))
+            socket.close(CloseCode.SERVICE_RESTART)
+
         socket = SseSocket(self.host, self.head + FIRST_CHUNK, ended)
         self.streams.add(socket)
+        if self.expires is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(0.0, self.expires - time.time())
+            expiry = loop.call_at(deadline, expired)
         try:
             try:
                 sub = await self.hub.subscribe(

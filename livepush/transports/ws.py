@@ -11,7 +11,13 @@ from urllib.parse import parse_qsl
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from livepush.errors import BadSince, BrokerUnavailable, ClientMessageError
+from livepush.errors import (
+    BadSince,
+    BrokerUnavailable,
+    ClientMessageError,
+    Forbidden,
+    Unauthorized,
+)
 from livepush.hub import Format, Hub, Subscription, control
 from livepush.model import CloseCode, is_feed_name
 from livepush.ratelimit import TokenBucket
@@ -87,7 +93,10 @@ class Session:
 
     __slots__ = (
         "_bucket",
+        "_expiry",
+        "_idle",
         "_strikes",
+        "address",
         "conn",
         "hub",
         "is_closed",
@@ -107,11 +116,19 @@ class Session:
         self.is_closed = False
         self._bucket: TokenBucket | None = None  # made at the first message
         self._strikes = 0
+        # One loop timer per subscription whose reader token expires (none for public
+        # feeds: most sockets never hold the dict).
+        self._expiry: dict[str, asyncio.TimerHandle] | None = None
+        self._idle: asyncio.TimerHandle | None = None  # armed while never subscribed
+        self.address: str | None = None  # counted in the per-address limit, if any
         runtime.ws_connections += 1
         runtime.gc.opened()
 
-    def error(self, code: str, message: str) -> None:
-        self.conn.send("error", {"type": "error", "code": code, "message": message})
+    def error(self, code: str, message: str, feed: str | None = None) -> None:
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if feed is not None:
+            error["feed"] = feed
+        self.conn.send("error", error)
         self._strikes += 1
         if self._strikes > STRIKES:
             self.conn.close(CloseCode.POLICY)
@@ -143,6 +160,8 @@ class Session:
             self.subscribe(message)
 
     def _leave(self, feed: str) -> bool:
+        if self._expiry is not None and (timer := self._expiry.pop(feed, None)) is not None:
+            timer.cancel()
         task = self.pending.pop(feed, None)
         if task is not None:
             task.cancel()
@@ -159,11 +178,24 @@ class Session:
         if len(self.subs.keys() | self.pending.keys()) >= self.max_feeds:
             self.error("too_many_feeds", f"at most {self.max_feeds} feeds per connection")
             return
-        if message.receipts and not self.runtime.publishers.is_publisher(message.token):
-            # Subscriber counts are the newsroom's business: editors only.
-            self.error("forbidden", "receipts need a publisher token in `token`")
-            message = Subscribe(feed=message.feed, since=message.since, epoch=message.epoch)
+        access = self.runtime.access
+        try:
+            grant = access.read(message.feed, message.token)
+        except (Unauthorized, Forbidden) as refused:
+            # No event of this feed; the socket stays open for its others (SPEC).
+            self.error(refused.code, refused.message, message.feed)
+            return
+        if message.receipts and not access.sees_receipts(message.feed, message.token):
+            # Subscriber counts are the newsroom's business: editors of this feed only.
+            # No `feed` in the error: the subscription goes on, without receipts.
+            self.error("forbidden", "receipts need a publisher token covering the feed")
+            message = Subscribe(message.feed, message.since, message.epoch, token=message.token)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         feed, since, epoch = message.feed, message.since, message.epoch
+        if grant.expires is not None:
+            self._expire_at(feed, grant.expires)
         sub = self.hub.try_join(self.conn, feed, since, epoch, receipts=message.receipts)
         if sub is not None:
             self.subs[feed] = sub
@@ -171,6 +203,32 @@ class Session:
         task = self.hub.spawn(self._subscribe(message))
         self.pending[feed] = task
         task.add_done_callback(lambda _: self._settled(feed, task))
+
+    def _expire_at(self, feed: str, expires: float) -> None:
+        """End the feed's subscription when its reader token expires (a loop timer)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, expires - time.time())
+        if self._expiry is None:
+            self._expiry = {}
+        self._expiry[feed] = loop.call_at(deadline, self._expired, feed)
+
+    def _expired(self, feed: str) -> None:
+        if self._expiry is not None:
+            self._expiry.pop(feed, None)
+        if self._leave(feed):
+            message = {"type": "unsubscribed", "feed": feed, "reason": "token_expired"}
+            self.conn.send("unsubscribed", message)
+
+    def wait_for_subscription(self, seconds: float) -> None:
+        """Close the socket (1008) unless it subscribes within `seconds`: a socket that
+        never subscribes only holds a file descriptor and memory."""
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(seconds, self._never_subscribed)
+
+    def _never_subscribed(self) -> None:
+        self._idle = None
+        if not self.is_closed:
+            self.conn.close(CloseCode.POLICY)
 
     def _settled(self, feed: str, task: asyncio.Task[None]) -> None:
         if self.pending.get(feed) is task:
@@ -196,6 +254,12 @@ class Session:
             return
         self.is_closed = True
         self.runtime.ws_connections -= 1
+        if self.address is not None:
+            self.runtime.addresses.release(self.address)
+        if self._idle is not None:
+            self._idle.cancel()
+        for timer in (self._expiry or {}).values():
+            timer.cancel()
         for task in list(self.pending.values()):
             task.cancel()
         for sub in self.subs.values():
@@ -230,15 +294,25 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
     session = Session(conn, runtime)
     socket.detach(session)
     conn.hold(greeting)
+    if runtime.addresses.limited:
+        address = socket.peer()
+        if not runtime.addresses.admit(address):
+            conn.close(CloseCode.POLICY)  # the 101, then the close: too many from there
+            return
+        session.address = address
     try:
         params = dict(parse_qsl(query))
         feed = params.get("feed")
         if feed is not None:
-            _subscribe_from_query(session, feed, params.get("since"), params.get("epoch"))
+            _subscribe_from_query(
+                session, feed, params.get("since"), params.get("epoch"), params.get("token")
+            )
     finally:
         conn.release()
         for sub in session.subs.values():
             sub.write = conn.write  # they took the holding write when they joined
+    if not session.subs and not session.pending:
+        session.wait_for_subscription(runtime.settings.subscribe_timeout)
 
 
 class FastHandshake:
@@ -255,7 +329,7 @@ class FastHandshake:
 
 
 def _subscribe_from_query(
-    session: Session, feed: str, since: str | None, epoch: str | None
+    session: Session, feed: str, since: str | None, epoch: str | None, token: str | None
 ) -> None:
     if not is_feed_name(feed):
         session.error("bad_feed", "feed must match ^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -267,4 +341,4 @@ def _subscribe_from_query(
         except BadSince as error:
             session.error("bad_since", str(error))
             return
-    session.subscribe(Subscribe(feed, position, epoch))
+    session.subscribe(Subscribe(feed, position, epoch, token=token))
