@@ -211,8 +211,11 @@ class Soak:
         subscribed = sum(1 for r in self.records if r.segments)
         self.say(f"{subscribed} of {len(self.records)} readers subscribed")
 
-    async def chaos(self, until: float) -> None:
-        """Publishers and faults until the monotonic time `until`."""
+    async def chaos(self, until: float, planned: float) -> None:
+        """Publishers and faults until the monotonic time `until`; the faults' schedule
+        is drawn for `planned` seconds (from the options alone, so that a seed gives
+        the same schedule however long the setup took; what runs past `until` is not
+        run)."""
         args = self.args
         self.creating.set()
         interval = args.publishers / args.rate
@@ -237,7 +240,7 @@ class Soak:
         if window < 10 and not args.no_faults:
             self.failures.append(f"the setup left {window:.0f} s for faults: raise --duration")
         elif not args.no_faults:
-            tracks = plan(args.seed, window, count=int(window / 2.5))
+            tracks = plan(args.seed, planned, count=int(planned / 2.5))
             progress = asyncio.create_task(self.progress(until))
             try:
                 await asyncio.gather(*(self.run_track(track, until) for track in tracks))
@@ -483,7 +486,7 @@ async def soak(args: argparse.Namespace) -> int:
     try:
         await run.setup()
         quiesce = max(15.0, min(60.0, args.duration * 0.25))
-        await run.chaos(until=run.deadline - quiesce)
+        await run.chaos(until=run.deadline - quiesce, planned=args.duration - quiesce - 5)
         ends = await run.quiesce()
         for follower in run.followers:
             follower.cut()
