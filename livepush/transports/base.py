@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from livepush.model import CloseCode
@@ -10,6 +13,33 @@ from livepush.model import CloseCode
 # chunk) within this time is aborted: its unread data would otherwise hold the socket,
 # and its buffer, open until the kernel gives up on it.
 ABORT_AFTER = 2.0
+
+
+class Drain:
+    """When each socket of a draining node is closed (1012): at a random moment of a
+    window inside --drain-seconds, so its readers reconnect to the other nodes over
+    that window instead of all in the same instant (a reconnect storm the node's own
+    restart would cause). Readers keep receiving until their moment comes.
+
+    Its cost: a node takes up to `window` seconds, plus ABORT_AFTER, to stop.
+    """
+
+    # The share of --drain-seconds the closes are spread over; the rest is left for
+    # the last closes to be answered before uvicorn gives up waiting.
+    SHARE = 0.6
+    window = 0.0  # set from the settings by app.create_app
+
+    @classmethod
+    def configure(cls, drain_seconds: float) -> None:
+        cls.window = max(0.0, drain_seconds * cls.SHARE - ABORT_AFTER)
+
+    @classmethod
+    def schedule(cls, loop: asyncio.AbstractEventLoop, close: Callable[[], None]) -> None:
+        """Run `close` at a random moment of the window (at once when there is none)."""
+        if cls.window <= 0:
+            close()
+        else:
+            loop.call_later(random.uniform(0, cls.window), close)
 
 
 @runtime_checkable

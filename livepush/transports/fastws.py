@@ -47,7 +47,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import ExtensionName, ExtensionParameter
 
 from livepush.model import CloseCode
-from livepush.transports.base import ABORT_AFTER, Socket
+from livepush.transports.base import ABORT_AFTER, Drain, Socket
 from livepush.wire import DEFLATE_WINDOW_BITS
 
 log = logging.getLogger("uvicorn.error")
@@ -493,7 +493,11 @@ class FastSocket(asyncio.Protocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
 
     def shutdown(self) -> None:
-        """uvicorn is stopping: tell the client to reconnect elsewhere (1012)."""
+        """uvicorn is stopping: tell the client to reconnect elsewhere (1012), at this
+        socket's moment of the drain window (base.Drain)."""
+        Drain.schedule(self.loop, self._restart)
+
+    def _restart(self) -> None:
         if not self.closing:
             self._send_close(CloseCode.SERVICE_RESTART)
         self.transport.close()

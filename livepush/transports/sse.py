@@ -34,7 +34,7 @@ from livepush.errors import (
 from livepush.hub import Format, Hub, Subscription, sse_comment, sse_control
 from livepush.model import CloseCode
 from livepush.runtime import SseStream, runtime_of
-from livepush.transports.base import ABORT_AFTER, Socket
+from livepush.transports.base import ABORT_AFTER, Drain, Socket
 from livepush.wire import parse_since
 
 # The scope extension through which uvicorn's HTTP protocol hosts an event stream.
@@ -121,8 +121,9 @@ class SseSocket:
             self._abort = asyncio.get_running_loop().call_later(ABORT_AFTER, transport.abort)
 
     def shutdown(self) -> None:
-        """The server is stopping: end at once, so the reader reconnects elsewhere."""
-        self.close(CloseCode.SERVICE_RESTART)
+        """The server is stopping: end at this stream's moment of the drain window
+        (base.Drain), so the reader reconnects elsewhere."""
+        Drain.schedule(asyncio.get_running_loop(), lambda: self.close(CloseCode.SERVICE_RESTART))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._abort is not None:
