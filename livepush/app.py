@@ -28,6 +28,7 @@ from livepush.api import docs, feeds, ingest, ops, stories
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
+from livepush.descriptors import CHECK_SECONDS, DescriptorWatch
 from livepush.errors import Conflict, LivepushError, RateLimited, Unauthorized
 from livepush.gc_policy import GcPolicy
 from livepush.metrics import REPORT_SECONDS, start_report
@@ -209,6 +210,8 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         freezer = _Repeat(loop, GcPolicy.FREEZE_SECONDS, runtime.gc.tick)
         presence = _Repeat(loop, PRESENCE_SECONDS, runtime.report_presence)
         tokens = _Repeat(loop, TOKENS_CHECK_SECONDS, runtime.access.reload_if_changed)
+        watch = DescriptorWatch()
+        descriptors = _Repeat(loop, CHECK_SECONDS, lambda: watch.check(loop.time()))
         # This node's figures, left in the broker for `livepush stats` (off every path).
         reports = _Repeat(loop, REPORT_SECONDS, functools.partial(start_report, runtime))
         # SIGHUP reads the tokens file again (uvicorn leaves SIGHUP alone in a worker;
@@ -223,6 +226,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
                 loop.remove_signal_handler(signal.SIGHUP)
             runtime.draining = True
             keepalive.cancel()
+            descriptors.cancel()
             freezer.cancel()
             presence.cancel()
             tokens.cancel()

@@ -92,8 +92,9 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="livepush-server-", suffix=".log")[1])
 
-    def start(self, extra: list[str] | None = None) -> Server:
-        args = [sys.executable, "-m", "livepush.cli", "serve", "--host", HOST]
+    def start(self, extra: list[str] | None = None, prefix: list[str] | None = None) -> Server:
+        """Start the process; `prefix` runs it under another command (e.g. prlimit)."""
+        args = [*(prefix or []), sys.executable, "-m", "livepush.cli", "serve", "--host", HOST]
         args += ["--port", str(self.port), "--publish-token", self.token, "--log-level", "warning"]
         if self.redis_url:
             args += ["--redis-url", self.redis_url]

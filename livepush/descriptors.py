@@ -1,0 +1,72 @@
+"""Watching the process's open files against its limit, so running out is said, not silent.
+
+When every descriptor is taken, accept() fails with EMFILE. libuv (under uvloop) then
+accepts each waiting connection with a descriptor it keeps in reserve and closes it at
+once: the client sees its connection closed, cleanly and without waiting, and the
+node takes connections again as soon as descriptors free up. Nothing tells the
+operator, so a timer counts the open descriptors and logs, at most once per
+LOG_EVERY seconds, while the process stands within HEADROOM of its limit.
+
+Its cost: one listing of /proc/self/fd every CHECK_SECONDS (about 1 ms per thousand
+open descriptors: 20 ms every 5 s at 20,000).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+
+log = logging.getLogger("livepush.descriptors")
+
+CHECK_SECONDS = 5.0
+LOG_EVERY = 60.0
+# Descriptors a process needs beyond its sockets (Redis, logs, the listening socket):
+# within this many of the limit, new connections are about to be refused.
+HEADROOM = 16
+
+
+def open_descriptors(limit: int) -> int | None:
+    """How many descriptors this process holds (None where /proc is not there).
+
+    Listing them takes a descriptor itself: when that fails with EMFILE, every one
+    is taken, which is the answer (`limit`).
+    """
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError as error:
+        return limit if error.errno in (errno.EMFILE, errno.ENFILE) else None
+
+
+class DescriptorWatch:
+    """Logs once per LOG_EVERY while the process is at its open-files limit, and once
+    when it has room again. `check(now)` is the timer's callback."""
+
+    def __init__(self) -> None:
+        self.at_limit = False
+        self._logged = -LOG_EVERY
+        self.refusals_logged = 0
+
+    def check(self, now: float) -> None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        count = open_descriptors(limit)
+        if count is None:
+            return
+        if count >= limit - HEADROOM:
+            if not self.at_limit or now - self._logged >= LOG_EVERY:
+                log.warning(
+                    "open files at the limit (%d of %d): new connections are closed at "
+                    "once until some end; raise the limit (ulimit -n, LimitNOFILE) or "
+                    "add a node",
+                    count,
+                    limit,
+                )
+                self._logged = now
+                self.refusals_logged += 1
+            self.at_limit = True
+        elif self.at_limit:
+            log.warning("open files below the limit again (%d of %d)", count, limit)
+            self.at_limit = False

@@ -1,0 +1,66 @@
+"""Out of file descriptors: new connections are closed at once, said in the log once,
+and the node takes connections again when descriptors free up."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+
+import pytest
+
+from tests.support import HOST, Server, wait_until
+
+LIMIT = 80  # open files for the server process (prlimit): a few dozen sockets
+
+
+def websocket(server: Server) -> socket.socket | None:
+    """A subscribed WebSocket on a raw socket, or None when the server closed it at once."""
+    sock = socket.create_connection((HOST, server.port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v1/ws?feed=fd HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    try:
+        response = sock.recv(4096)
+    except ConnectionResetError:
+        response = b""
+    if not response:
+        sock.close()
+        return None
+    assert response.startswith(b"HTTP/1.1 101"), response[:100]
+    return sock
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_out_of_descriptors_refuses_cleanly_logs_once_and_recovers() -> None:
+    server = Server().start(prefix=["prlimit", f"--nofile={LIMIT}"])
+    held: list[socket.socket] = []
+    try:
+        refused = 0
+        for _ in range(2 * LIMIT):  # bounded: the limit is reached well before
+            sock = websocket(server)
+            if sock is None:
+                refused += 1
+                if refused == 3:
+                    break
+            else:
+                held.append(sock)
+        assert refused == 3, "no connection was refused below twice the limit"
+        assert 0 < len(held) < LIMIT
+        wait_until(lambda: "open files at the limit" in server.log.read_text(), 30, "the log")
+        for sock in held:
+            sock.close()
+        held.clear()
+        wait_until(lambda: "below the limit again" in server.log.read_text(), 30, "recovery")
+        assert server.log.read_text().count("open files at the limit") == 1  # not per refusal
+        again = websocket(server)
+        assert again is not None, "still refused after descriptors freed up"
+        again.close()
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
