@@ -43,6 +43,10 @@ def render_reader(
     """
     entries = sorted(_entries(snapshot.get("entries")), key=_reader_order)
     epoch = _text(snapshot, "epoch")
+    headline = _text(snapshot, "title") or feed
+    standfirst = _text(snapshot, "description")
+    status = _text(snapshot, "status") or "live"
+    banner = BANNERS.get(status, "")
     head_seq = _int(snapshot, "head_seq") or 0
     # "Load older" pages back from the oldest unpinned entry shown (pinned ones are
     # always in the snapshot, whatever their age). A snapshot shorter than its limit
@@ -50,28 +54,32 @@ def render_reader(
     unpinned = [_int(entry, "seq") or 0 for entry in entries if entry.get("pinned") is not True]
     before = min(unpinned, default=0) if len(entries) >= limit else 0
     v = quote(asset_version, safe="")
-    articles = "\n".join(render_entry(entry) for entry in entries)
+    starts = day_starts(entries)
+    articles = "\n".join(render_entry(entry, day_start) for entry, day_start in starts)
     token_data = f' data-token="{escape(token)}"' if token else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Live: {escape(feed)}</title>
+<title>Live: {escape(headline)}</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/reader.css?v={v}">
 <link rel="modulepreload" href="/v1/livepush.js?v={v}">
 </head>
 <body>
 <main id="live" class="lp-reader" data-feed="{escape(feed)}" data-epoch="{escape(epoch)}" \
-data-head-seq="{head_seq}" data-before="{before}"{token_data}>
+data-head-seq="{head_seq}" data-before="{before}" data-feed-status="{escape(status)}"{token_data}>
 <header class="lp-header">
 <p class="lp-kicker"><span class="lp-live-mark">Live</span> updates</p>
-<h1 class="lp-feed-name">{escape(feed)}</h1>
+<h1 class="lp-headline">{escape(headline)}</h1>
+<p class="lp-standfirst"{"" if standfirst else " hidden"}>{escape(standfirst)}</p>
 <p class="lp-status" role="status" data-status="offline" hidden>\
 <span class="lp-dot" aria-hidden="true"></span><span class="lp-status-text"></span></p>
 </header>
+<p class="lp-banner" role="status"{"" if banner else " hidden"}>{escape(banner)}</p>
 <button type="button" class="lp-new-bar" aria-live="polite" hidden></button>
+<h2 class="lp-minute">Minute by minute</h2>
 <section class="lp-entries" aria-label="Entries, newest first">
 {articles}
 </section>
@@ -132,8 +140,33 @@ def page_headers(nonce: str, *, frame_ancestors: str, host: str | None) -> dict[
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
 
-def render_entry(entry: Mapping[str, object]) -> str:
-    """One entry as an `<article>`: marker, time, correction time, author, title, body."""
+# What the page says about coverage that is not live (SPEC "Stories"); reader.js has
+# the same words.
+BANNERS = {"paused": "We have paused our live coverage", "ended": "Coverage has ended"}
+
+
+def day_starts(entries: list[Mapping[str, object]]) -> list[tuple[Mapping[str, object], bool]]:
+    """Each entry (in reader order) with whether its date is shown: on a blog whose
+    entries span more than one day, pinned entries show theirs, and the others show it
+    where a new day starts (they are newest first, so under each date come its entries).
+    Same rule as `markDays()` in reader.js, which applies it in the reader's time zone.
+    """
+    days = [_day(_text(entry, "published_at")) for entry in entries]
+    if len(set(days)) < 2:
+        return [(entry, False) for entry in entries]
+    marked, previous = [], None
+    for entry, day in zip(entries, days, strict=True):
+        if entry.get("pinned") is True:
+            marked.append((entry, True))
+        else:
+            marked.append((entry, day != previous))
+            previous = day
+    return marked
+
+
+def render_entry(entry: Mapping[str, object], day_start: bool = False) -> str:
+    """One entry as an `<article>`: its date (shown where a day starts), marker, time,
+    correction time, author, title, body."""
     entry_id = _text(entry, "id")
     seq = _int(entry, "seq") or 0
     pinned = entry.get("pinned") is True
@@ -154,9 +187,11 @@ def render_entry(entry: Mapping[str, object]) -> str:
         meta.append(f'<span class="lp-author">{escape(author)}</span>')
     heading = f'<h2 class="lp-title">{escape(title)}</h2>' if title else ""
     body = "".join(f"<p>{escape(p)}</p>" for p in paragraphs(_text(entry, "body")))
+    classes = "lp-entry" + (" is-pinned" if pinned else "") + (" is-day-start" if day_start else "")
     return (
-        f'<article class="lp-entry{" is-pinned" if pinned else ""}" id="entry-{escape(entry_id)}"'
+        f'<article class="{classes}" id="entry-{escape(entry_id)}"'
         f' data-id="{escape(entry_id)}" data-seq="{seq}" data-pinned="{str(pinned).lower()}">'
+        f'<p class="lp-day">{_day(published)}</p>'
         f'<header class="lp-entry-meta">{"".join(meta)}</header>'
         f'{heading}<div class="lp-body">{body}</div></article>'
     )
@@ -182,6 +217,19 @@ def _clock(timestamp: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%H:%M UTC")
+
+
+def _day(timestamp: str) -> str:
+    """The date, as "November 14, 2024", in UTC (reader.js relabels it in the reader's
+    own time zone); "" for a time that does not parse."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return f"{moment:%B} {moment.day}, {moment.year}"
 
 
 def _entries(value: object) -> Iterable[Mapping[str, object]]:

@@ -2,7 +2,7 @@
 //
 //   import { subscribe } from "https://push.example/v1/livepush.js";
 //   const feed = subscribe("demo", { since: 41, epoch: "e1" });
-//   feed.on("created", (ev) => show(ev.entry));   // also "updated", "deleted"
+//   feed.on("created", (ev) => show(ev.entry));   // also "updated", "deleted", "meta", "purged"
 //   feed.on("reset", (snapshot) => redraw(snapshot));
 //   feed.on("status", ({ status, transport }) => ...);  // connecting|live|reconnecting|offline|closed
 //   feed.close();
@@ -35,7 +35,16 @@ const PONG_TIMEOUT_MS = 5_000;
 // opened, before we call WebSocket blocked (a proxy that strips Upgrade) and use SSE.
 const BLOCKED_AFTER = 2;
 
-const EVENT_NAMES = { "entry.created": "created", "entry.updated": "updated", "entry.deleted": "deleted" };
+// Every event type takes its place in the seq order, those a page ignores included:
+// "meta" (feed.updated: the feed's title, description, status) and "purged" (what a
+// purged entry's events became in history; replays carry it).
+const EVENT_NAMES = {
+  "entry.created": "created",
+  "entry.updated": "updated",
+  "entry.deleted": "deleted",
+  "feed.updated": "meta",
+  "entry.purged": "purged",
+};
 // Not "error": that name is EventSource's own connection-error event, which has no data.
 const SSE_TYPES = ["message", "subscribed", "reset", "receipt", "unsubscribed", ...Object.keys(EVENT_NAMES)];
 // A JWT this close to its `exp` is renewed before a connection rather than sent.
@@ -330,6 +339,8 @@ export class Feed {
       case "entry.created":
       case "entry.updated":
       case "entry.deleted":
+      case "feed.updated":
+      case "entry.purged":
         if (this.#lastSeq !== null && msg.seq <= this.#lastSeq) return; // replayed twice
         if (this.#lastSeq !== null && msg.seq > this.#lastSeq + 1) {
           // Never deliver past a hole: resume from the last seq and let the server

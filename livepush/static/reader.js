@@ -7,6 +7,10 @@
 const OLDER_PAGE = 20;
 const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 const fullDate = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+// Dates in the page's language ("November 14, 2024"), in the reader's time zone.
+const dayFormat = new Intl.DateTimeFormat(document.documentElement.lang || "en", { dateStyle: "long" });
+// What the page says about coverage that is not live; pages.py has the same words.
+const BANNERS = { paused: "We have paused our live coverage", ended: "Coverage has ended" };
 const STATUS_TEXT = {
   connecting: "Connecting…",
   live: "Live",
@@ -26,11 +30,15 @@ export function startReader(main, subscribe) {
   const status = main.querySelector(".lp-status");
   const newBar = main.querySelector(".lp-new-bar");
   const olderButton = main.querySelector(".lp-load-older");
+  const headline = main.querySelector(".lp-headline");
+  const standfirst = main.querySelector(".lp-standfirst");
+  const banner = main.querySelector(".lp-banner");
   const pending = new Set(); // entries that arrived while the reader was scrolled down
   // Seq of the oldest unpinned entry loaded; 0 when nothing older can exist.
   let oldestLoaded = Number(main.dataset.before) || 0;
 
   for (const time of list.querySelectorAll("time[datetime]")) localizeTime(time);
+  for (const day of list.querySelectorAll(".lp-day")) localizeDay(day);
   olderButton.hidden = oldestLoaded <= 1;
 
   // A private feed's page was opened with a reader token (?token= or Bearer), which
@@ -61,9 +69,13 @@ export function startReader(main, subscribe) {
   feed.on("created", (event) => { place(event.entry, true); announce(event); });
   feed.on("updated", (event) => { place(event.entry, false); announce(event); });
   feed.on("deleted", (event) => { remove(event.id); announce(event); });
+  // A purged entry's events, replayed from history: nothing of it is shown.
+  feed.on("purged", (event) => { remove(event.id); announce(event); });
+  feed.on("meta", (event) => { applyMeta(event.meta); announce(event); });
   feed.on("reset", (snapshot) => {
     // History was lost or we were gone too long: the snapshot replaces everything.
     main.dataset.epoch = snapshot.epoch;
+    applyMeta(snapshot);
     pending.clear();
     list.replaceChildren(...sorted(snapshot.entries).map(entryElement));
     // Same rule as pages.py: a snapshot shorter than its limit (50) holds everything.
@@ -72,6 +84,19 @@ export function startReader(main, subscribe) {
     refresh();
     announce({ type: "reset", feed: snapshot.feed, epoch: snapshot.epoch, head_seq: snapshot.head_seq });
   });
+
+  // The feed's headline, standfirst and coverage status (a feed.updated event's `meta`,
+  // or a snapshot, which carries the same fields).
+  function applyMeta(meta) {
+    const title = meta.title || feedName;
+    headline.textContent = title;
+    document.title = `Live: ${title}`;
+    standfirst.textContent = meta.description ?? "";
+    standfirst.hidden = !meta.description;
+    main.dataset.feedStatus = meta.status ?? "live";
+    banner.textContent = BANNERS[meta.status] ?? "";
+    banner.hidden = !banner.textContent;
+  }
 
   function findEntry(id) {
     return list.querySelector(`article[data-id="${CSS.escape(id)}"]`);
@@ -124,6 +149,7 @@ export function startReader(main, subscribe) {
   }
 
   function refresh() {
+    markDays(list);
     empty.hidden = list.querySelector("article:not([hidden])") !== null;
     newBar.hidden = pending.size === 0;
     newBar.textContent = pending.size === 1 ? "1 new entry" : `${pending.size} new entries`;
@@ -222,6 +248,27 @@ function forgetTokenInUrl() {
   history.replaceState(history.state, "", url);
 }
 
+// Show the date where a day starts, on a blog whose entries span more than one day:
+// on every pinned entry, and on the first of each day's entries (newest first, so each
+// day's entries come under its date). Same rule as day_starts() in pages.py, in the
+// reader's time zone.
+function markDays(list) {
+  const shown = [...list.querySelectorAll("article:not([hidden])")];
+  const days = shown.map((article) => article.querySelector(".lp-day")?.textContent ?? "");
+  const multiDay = new Set(days).size > 1;
+  let previous = null;
+  shown.forEach((article, i) => {
+    let start = false;
+    if (multiDay && article.dataset.pinned === "true") {
+      start = true;
+    } else if (multiDay) {
+      start = days[i] !== previous;
+      previous = days[i];
+    }
+    article.classList.toggle("is-day-start", start);
+  });
+}
+
 // One entry as an <article>; the same markup as render_entry() in pages.py.
 export function entryElement(entry) {
   const article = element("article", entry.pinned ? "lp-entry is-pinned" : "lp-entry");
@@ -229,6 +276,7 @@ export function entryElement(entry) {
   article.dataset.id = entry.id;
   article.dataset.seq = entry.seq;
   article.dataset.pinned = String(Boolean(entry.pinned));
+  article.append(dayElement(entry.published_at));
   const meta = element("header", "lp-entry-meta");
   if (entry.pinned) meta.append(element("span", "lp-pin", "Pinned"));
   meta.append(timeElement(entry.published_at, "lp-time"));
@@ -264,6 +312,18 @@ function timeElement(iso, className) {
   time.dateTime = iso ?? "";
   localizeTime(time);
   return time;
+}
+
+function dayElement(iso) {
+  const moment = new Date(iso);
+  return element("p", "lp-day", Number.isNaN(moment.getTime()) ? "" : dayFormat.format(moment));
+}
+
+// The server renders dates in UTC; the reader wants their own.
+function localizeDay(day) {
+  const time = day.parentElement.querySelector("time.lp-time");
+  const moment = new Date(time?.dateTime);
+  if (!Number.isNaN(moment.getTime())) day.textContent = dayFormat.format(moment);
 }
 
 // The server renders times in UTC; the reader wants their own clock.

@@ -7,6 +7,7 @@ would notice first: nothing wider than the screen, the pinned entry on top.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,43 @@ def test_editor_screenshot(
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         page.screenshot(
             path=artifacts / f"editor-{width}.png", full_page=True, animations="disabled"
+        )
+    finally:
+        context.close()
+
+
+def test_reader_paused_screenshot(page: Page, demo: Server, artifacts: Path) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_reader(page, demo, "demo")
+    response = httpx.patch(
+        f"{demo.base_url}/v1/feeds/demo", json={"status": "paused"}, headers=demo.headers()
+    )
+    assert response.status_code == 200
+    expect(page.locator(".lp-banner")).to_have_text("We have paused our live coverage")
+    page.screenshot(path=artifacts / "reader-390-paused.png", animations="disabled")
+
+
+def test_editor_stories_screenshot(browser: Browser, demo: Server, artifacts: Path) -> None:
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, timezone_id="UTC", locale="en-GB"
+    )
+    page = context.new_page()
+    try:
+        open_console(page, demo, "demo")
+        at = (datetime.now(UTC) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S")
+        page.fill(".ed-publish input[name=title]", "SENTENCING PREVIEW")
+        page.fill(".ed-publish textarea[name=body]", "What the judge must weigh on 14 January.")
+        page.fill(".ed-publish input[name=publish_at]", at)
+        page.click(".ed-publish button[type=submit]")
+        # The demo's own scheduled entry, a minute after start-up, and this one.
+        expect(page.locator(".ed-scheduled-list li")).to_have_count(2)
+        row = page.locator(".ed-list li", has_text="CONVICTION")
+        row.get_by_role("button", name="Revisions").click()
+        expect(row.locator(".ed-version")).to_have_count(2)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        page.evaluate("window.scrollTo(0, 0)")  # the sticky column where a reader starts
+        page.screenshot(
+            path=artifacts / "editor-stories-1280.png", full_page=True, animations="disabled"
         )
     finally:
         context.close()
