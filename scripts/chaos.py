@@ -57,6 +57,7 @@ import uvloop
 from chaos_record import Accepted, FeedEnd, Ledger, Record, Verdict, verdict
 from chaoskit import (
     DRAIN_SECONDS,
+    HTTP_ERRORS,
     Follower,
     Node,
     Proc,
@@ -156,6 +157,7 @@ class Soak:
         self.accepted: list[Accepted] = []
         self.failures: list[str] = []  # what went wrong outside the readers' records
         self.faults: list[FaultDone] = []
+        self.behind: list[str] = []  # readers short of the head at the end, and where they stood
         self.first_epochs: dict[str, str] = {}
         self.stop_followers = asyncio.Event()
         self.creating = asyncio.Event()
@@ -379,6 +381,14 @@ class Soak:
             )
 
         await until(caught_up, self.deadline - time.monotonic())
+        for follower in self.followers:
+            record = follower.record
+            end = ends[record.feed]
+            if (record.cursor.epoch, record.cursor.seq) != (end.epoch, end.head_seq):
+                self.behind.append(f"{record.name} behind at the end: {follower.where()}")
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self.failures.append(f"a task of the soak died: {task.exception()!r}")
         self.stop_followers.set()
         return ends
 
@@ -388,7 +398,7 @@ class Soak:
             if time.monotonic() > self.deadline:
                 break
             node = self.rng.choice(self.nodes)
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(*HTTP_ERRORS):
                 answer = await self.http.get(f"{node.url}/v1/feeds/{feed}")
                 if answer.status_code == 200:
                     info: dict[str, Any] = orjson.loads(answer.content)
@@ -456,6 +466,8 @@ class Soak:
             "anomalies": [dataclasses.asdict(a) for a in result.anomalies[:200]],
             "resets_seen": [dataclasses.asdict(x) for r in self.records for x in r.resets][:200],
             "fault_log": [dataclasses.asdict(f) for f in self.faults],
+            "behind": self.behind[:200],
+            "node_ports": {node.port: node.name for node in self.nodes},
         }
 
 
@@ -503,6 +515,11 @@ async def soak(args: argparse.Namespace) -> int:
                 print(f"chaos: FAIL: {line}", file=sys.stderr)
             for anomaly in result.anomalies[:30]:
                 print(f"chaos: anomaly: {anomaly}", file=sys.stderr)
+            for line in run.behind[:30]:
+                print(f"chaos: {line}", file=sys.stderr)
+            for process in [*run.nodes, *run.redis.servers]:
+                for line in process.complaints():
+                    print(f"chaos: {process.name} log: {line}", file=sys.stderr)
             for fault in run.faults:
                 print(f"chaos: fault: {fault}", file=sys.stderr)
         print(verdict_line(report), flush=True)

@@ -46,6 +46,10 @@ OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's he
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (LIVEPUSH_SSE_KEEPALIVE)
 SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
 DRAIN_SECONDS = 3  # the nodes' --drain-seconds: a SIGTERM'd node is gone within it
+# What an HTTP request may raise when its node dies under it. AttributeError: anyio on
+# uvloop asks a transport that a reset has just closed for its socket, gets None, and
+# calls getpeername() on it; the request failed like any other lost connection.
+HTTP_ERRORS = (httpx.HTTPError, OSError, AttributeError)
 
 # prctl(PR_SET_PDEATHSIG, SIGKILL) in each child, between fork and exec: if the soak is
 # killed (a test's timeout), its redis-servers and nodes do not outlive it. libc is
@@ -142,6 +146,15 @@ class Proc:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(10)
         self.popen = None
+
+    def complaints(self, lines: int = 10) -> list[str]:
+        """The last lines of its log that say something went wrong."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        words = ("Traceback", "ERROR", "Error", "CRITICAL", "Exception")
+        return [line for line in text.splitlines() if any(w in line for w in words)][-lines:]
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -328,7 +341,7 @@ class Node(Proc):
         while time.monotonic() < deadline:
             if not self.running:
                 return False
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(*HTTP_ERRORS):
                 if (await http.get(self.url + "/readyz", timeout=1.0)).status_code == 200:
                     return True
             await asyncio.sleep(0.1)
@@ -389,6 +402,10 @@ class Follower:
         self.reloads = 0
         self.abort: Callable[[], None] | None = None
         self.ends: Counter[str] = Counter()  # why connections ended, by kind
+        # Where it stands, for the report of a reader that never caught up.
+        self.state, self.state_at, self.node = "starting", 0.0, -1
+        self.messages = 0  # on the current connection
+        self.heard_at = 0.0  # anything from the current connection, comments included
 
     @property
     def transport(self) -> str:
@@ -410,10 +427,13 @@ class Follower:
         while not stop.is_set():
             try:
                 if cursor.needs_snapshot:
+                    self._now("snapshot")
                     self.record.reloaded(await self._snapshot(), "snapshot" if first else "reset")
                     first = False
                 node = self.rng.choice(self.nodes)
                 self.record.connecting(node.port, self.clock())
+                self.node, self.messages = node.index, 0
+                self._now("connecting")
                 if self.transport == "ws":
                     why = await self._websocket(node)
                 else:
@@ -422,7 +442,7 @@ class Follower:
                 why = f"lost: {type(error).__name__}"
             except InvalidHandshake as error:
                 why = f"handshake: {type(error).__name__}"
-            except (SseEnded, httpx.HTTPError, orjson.JSONDecodeError, ValueError) as error:
+            except (SseEnded, *HTTP_ERRORS, orjson.JSONDecodeError, ValueError) as error:
                 why = f"failed: {type(error).__name__}"
             except Refused as error:
                 self.record.counts["refused"] += 1
@@ -441,7 +461,26 @@ class Follower:
             else:
                 delay = backoff(self.attempt, self.backoff_cap, self.rng)
                 self.attempt += 1
+            self._now(f"backoff after {why}")
             await sleep_unless(stop, delay)
+
+    def _now(self, state: str) -> None:
+        self.state, self.state_at = state, self.clock()
+
+    def where(self) -> str:
+        """Its state now, for a report."""
+        now, cursor = self.clock(), self.record.cursor
+        return (
+            f"{self.state} for {now - self.state_at:.1f} s on node-{self.node}, "
+            f"{self.messages} messages on this connection, last heard "
+            f"{now - self.heard_at:.1f} s ago, at {cursor.epoch}:{cursor.seq}"
+        )
+
+    def _heard(self, message: Mapping[str, Any]) -> None:
+        self.messages += 1
+        self.heard_at = self.clock()
+        if message.get("type") == "subscribed":
+            self._now("subscribed")
 
     def _act(self, step: Event | Step | Refused | None) -> str | None:
         """What a message does to the connection: None goes on, else why it ends."""
@@ -474,8 +513,10 @@ class Follower:
             max_size=2**20,
         ) as ws:
             self.abort = ws.transport.abort
+            self._now("open")
             async for data in ws:
                 message = orjson.loads(data)
+                self._heard(message)
                 why = self._act(self.record.receive(message, self.clock()))
                 if why is not None:
                     return why
@@ -499,9 +540,11 @@ class Follower:
                 raise SseEnded(status.decode(errors="replace").strip() or "no answer")
             while (await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)).strip():
                 pass  # the headers: chunked, as sse.py writes them
+            self._now("open")
             buffer = bytearray()
             while True:
                 size_line = await asyncio.wait_for(reader.readline(), SSE_SILENCE)
+                self.heard_at = self.clock()
                 if not size_line:
                     return "lost: the stream's connection closed"
                 size = int(size_line.split(b";")[0].strip(), 16)
@@ -511,6 +554,7 @@ class Follower:
                 buffer += chunk[:-2]
                 for _event, data, last_id in sse_blocks(buffer):
                     message = orjson.loads(data)
+                    self._heard(message)
                     step = self.record.receive(message, self.clock(), last_id)
                     why = self._act(step)
                     if why is not None:
@@ -612,7 +656,7 @@ class Publisher:
                 content=body,
                 headers={"Idempotency-Key": key},
             )
-        except httpx.HTTPError:
+        except HTTP_ERRORS:
             return None
 
     async def _check_replay(self, done: Accepted, body: bytes) -> None:

@@ -3,13 +3,22 @@ catches each kind of loss it is there to catch."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from tests.failover import metric
+from tests.support import HOST, RedisServer, Server, apost
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not a package
@@ -54,6 +63,70 @@ def test_the_fault_schedule_holds_every_kind_first_and_is_the_same_for_a_seed() 
         assert all(0 <= fault.at < 40 for fault in track)
     assert tracks == plan(seed=5, window=40, count=16)
     assert tracks != plan(seed=6, window=40, count=16)
+
+
+# --------------------------------------------------------------- what the soak found
+
+
+async def open_stream(
+    server: Server, query: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw event stream, its status line read."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(
+        f"GET /v1/feeds/{FEED}/events{query} HTTP/1.1\r\nHost: {HOST}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+    return reader, writer
+
+
+async def read_until(reader: asyncio.StreamReader, needle: bytes, within: float) -> bytes:
+    """What the stream sent until `needle` appeared (TimeoutError after `within` s)."""
+    data = b""
+    async with asyncio.timeout(within):
+        while needle not in data:
+            chunk = await reader.read(65536)
+            assert chunk, f"the stream ended before {needle!r}: {data[-500:]!r}"
+            data += chunk
+    return data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the soak: a stream that ends while its join waits on Redis is joined "
+    "anyway, and the fan-out then stops at it (transports/sse.py, hub.py)",
+)
+async def test_an_event_stream_that_ends_while_its_join_waits_does_not_silence_the_others(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    """A reader cut while Redis is stopped, then a reader that stays: it gets every event.
+
+    Today the first stream's join completes after the stream ended: its write to the
+    closed transport raises (uvloop), the subscription stays in the hub, and each later
+    fan-out raises at it, so the readers after it in the group never hear of an event.
+    """
+    server = start_server(redis_server.url)
+    assert redis_server.proc is not None
+    async with httpx.AsyncClient(timeout=10) as http:
+        for i in range(3):
+            assert (await apost(http, server, FEED, {"body": f"before {i}"})).status_code == 201
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            # The node does not watch the feed yet: this join waits for Redis.
+            _, cut = await open_stream(server, "?since=1")
+            cut.transport.abort()
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        reader, writer = await open_stream(server, "")
+        await read_until(reader, b"event: subscribed", 20)
+        assert (await apost(http, server, FEED, {"body": "after"})).status_code == 201
+        try:
+            await read_until(reader, b'"after"', 10)
+            assert metric(server, "livepush_subscriptions") == 1
+        finally:
+            with contextlib.suppress(OSError):
+                writer.transport.abort()
 
 
 # --------------------------------------------------------------- the judge
