@@ -508,6 +508,17 @@ async def soak(args: argparse.Namespace) -> int:
         if refused:
             result.failures.append(f"readers' subscriptions refused {refused} times")
         report = run.report(result, run.clock())
+        # Not part of the verdict (which judges what readers saw), but never hidden.
+        report["tracebacks"] = {
+            process.name: found
+            for process in [*run.nodes, *run.redis.servers]
+            if (found := process.tracebacks())
+        }
+        for name, found in report["tracebacks"].items():
+            print(
+                f"chaos: {name} logged {len(found)} tracebacks, the last: {found[-1]}",
+                file=sys.stderr,
+            )
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))  # noqa: ASYNC240 (once, small)
         if not result.passed:

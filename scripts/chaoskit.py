@@ -156,6 +156,21 @@ class Proc:
         words = ("Traceback", "ERROR", "Error", "CRITICAL", "Exception")
         return [line for line in text.splitlines() if any(w in line for w in words)][-lines:]
 
+    def tracebacks(self) -> list[str]:
+        """The exception line that ends each traceback in its log."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        found, inside = [], False
+        for line in lines:
+            if line.startswith("Traceback"):
+                inside = True
+            elif inside and line and not line.startswith((" ", "During handling")):
+                found.append(line)
+                inside = False
+        return found
+
     def tail(self, lines: int = 20) -> str:
         try:
             text = self.log.read_text(errors="replace")
