@@ -32,6 +32,9 @@ _RFC3339 = re.compile(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def publish_at_ms(text: str) -> int:
     """An RFC 3339 date-time (with its offset) as Unix milliseconds, or ValueError."""
     if not _RFC3339.fullmatch(text):
@@ -40,7 +43,8 @@ def publish_at_ms(text: str) -> int:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("must be a real date and time") from None
-    return round(moment.timestamp() * 1000)
+    # Rounded up to the millisecond: never before the time asked for (an embargo).
+    return -((_EPOCH - moment) // timedelta(milliseconds=1))
 
 
 def check_publish_at(text: str, now: datetime | None = None) -> int:
