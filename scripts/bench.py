@@ -1,7 +1,20 @@
 """Benchmark: fan-out of one feed to thousands of WebSocket subscribers, livepush beside the floor.
 
+--scenarios chooses what runs, in this order (default: fanout; `all`: every one, which
+is what issue 11's targets need, all in one run):
+- connect (scripts/bench_connect.py): handshakes + subscribes per second, floor and
+  livepush, in the URL and by message, and KiB per idle connection;
+- fanout (this file): the delivery windows below, --repeat times with fresh servers,
+  and with --max-rate the highest rate each server sustains;
+- storm (scripts/bench_storm.py): a reconnect storm of --storm-clients clients behind
+  by --storm-behind entries, against the same node's plain connects;
+- crowd (scripts/bench_crowd.py): --crowd subscribers (100,000) on livepush
+  --crowd-workers 6, one entry per second.
+At the end come the tables, then one `target ...` line per target of issue 11 with
+its measured ratio and MET / NOT MET (NOT SHOWN: this run could not tell, and why).
+
 For each server under test (the Python floor, scripts/floor_server.py, then livepush
-and its variants) one run measures:
+and its variants) the fanout scenario measures:
 
 - memory: server RSS growth over --memory-conns idle subscribed connections, per
   connection (a fresh server; the connections come from several loadgen processes,
@@ -13,9 +26,14 @@ and its variants) one run measures:
   the windows divided by the events delivered is the CPU per delivery; latency is
   publisher timestamp to the moment the loadgen read the bytes; lost = expected -
   received, per connection;
-- with --max-rate: the rate raised step by step until loss, a p99 over
-  --max-rate-p99-factor times the server's own p99 at --rate, a saturated core, or a
-  publisher that cannot keep the pace.
+- with --max-rate: the rate raised step by step from --max-rate-start until loss, a
+  p99 over --max-rate-p99-factor times the floor's p99 at --rate, a saturated loadgen
+  core, or a publisher that cannot keep the pace (with --max-rate-publishers
+  connections). A saturated server core does not stop the search: a server that
+  sends every waiting event in one write per socket (natural batching) keeps up while
+  saturated, and loss and the p99 bar say whether it did;
+- with --repeat N: all of the above N times, each with fresh servers; the steady p99
+  target is the median of the N runs' ratios.
 
 The delivery windows are interleaved: every server is up at once with its own
 subscribers and its own redis-server, and the rounds go floor, livepush, ..., floor,
@@ -49,6 +67,10 @@ Redis's. Run it with a --rate that is a multiple of --feeds, e.g.
 Run: .venv/bin/python scripts/bench.py [--servers floor,livepush] [--subscribers 5000]
      [--rate 10] [--duration 10] [--rounds 3] [--entry-size 1024] [--workers 2]
      [--compression] [--memory-conns 10000] [--max-rate] [--json results.json]
+     [--scenarios all] [--repeat 3]
+Issue 11, every target in one run (about 20 minutes):
+    .venv/bin/python scripts/bench.py --scenarios all --repeat 3 --max-rate \
+        --max-rate-start 16 --max-rate-step 1.15 --json test-artifacts/bench/issue11.json
 """
 
 from __future__ import annotations
@@ -56,24 +78,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import resource
-import shutil
 import signal
-import subprocess
+import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import uvloop
+from bench_connect import ConnectResult, measure_memory, run_connect
+from bench_crowd import CrowdResult, run_crowd
+from bench_servers import LOAD_CORE, Variant, livepush_flags, server_process
+from bench_storm import StormResult, run_storm
 from benchkit import (
-    FEED,
-    ROOT,
-    TOKEN,
+    OPEN_FILES_CAP,
     Child,
     FloorPublisher,
     LivepushPublisher,
@@ -81,44 +103,29 @@ from benchkit import (
     MachineSample,
     MachineUse,
     Publisher,
+    Target,
     body_for_size,
     build_loadgen,
     connect_all,
-    free_port,
     loadgens,
-    log_file,
     log_tail,
     percentile_ms,
     publish_paced,
     redis_cluster,
     redis_server,
-    spawned,
     tree_cpu_exact,
     tree_cpu_seconds,
     tree_rss,
-    wait_for_port,
+    wait_for_quiet,
 )
-from benchkit import HttpConnection as Http
 
-FLOOR = ROOT / "scripts" / "floor_server.py"
-VENV_BIN = ROOT / ".venv" / "bin"
-SERVER_CORE = 0
-LOAD_CORE = 1
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    server: str  # "floor" or "livepush"
-    workers: int = 1
-    deflate: bool = False  # the clients offer permessage-deflate
-    server_flags: tuple[str, ...] = ()
-    feeds: int = 0  # 0: one feed; N: subscribers and entries spread over N feeds
-    cluster: bool = False  # on a three-primary Redis Cluster instead of one redis-server
-
-    @property
-    def slug(self) -> str:
-        return self.label.replace(" ", "-")
+SCENARIOS = ("connect", "fanout", "storm", "crowd")
+# livepush's p50 at 10 entries/s to 5,000 subscribers before issue 11: README
+# "Performance", the row "livepush (compression off)" (5 rounds of 10 s).
+README_P50_MS = 34.2
+P50_TOLERANCE = 1.1  # "stays as it is": within 10 %, the spread between runs
+STEADY_P99_BAR = 1.2
+BURST_BAR = 1.5
 
 
 @dataclass
@@ -236,6 +243,7 @@ class Result:
     connect_failed: int = 0
     deflate_accepted: int = 0
     rounds: list[Window] = field(default_factory=list)
+    runs: list[Window] = field(default_factory=list)  # each --repeat's rounds as one
     steps: list[Window] = field(default_factory=list)
     max_rate: Window | None = None
     max_rate_stop: str = ""
@@ -252,77 +260,14 @@ class Result:
         return total
 
 
-# ---------------------------------------------------------------- servers
-
-
-@functools.cache
-def livepush_flags() -> str:
-    """`livepush serve --help`, to pass only the flags this version knows."""
-    argv = [str(VENV_BIN / "livepush"), "serve", "--help"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
-
-
-@contextlib.asynccontextmanager
-async def server_process(
-    variant: Variant, redis_url: str, name: str, ping_interval: float | None = None
-) -> AsyncIterator[tuple[Child, int]]:
-    """Start one server pinned to the server core; yield it once it accepts connections."""
-    port = free_port()
-    env = dict(os.environ)
-    if ping_interval is not None:
-        env["LIVEPUSH_PING_INTERVAL"] = str(ping_interval)
-    if variant.server == "floor":
-        argv = [str(VENV_BIN / "python"), str(FLOOR), "--port", str(port)]
-        argv += ["--redis-url", redis_url, "--feed", FEED]
-    else:
-        argv = [str(VENV_BIN / "livepush"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--redis-url", redis_url]
-        flags = livepush_flags()
-        env["LIVEPUSH_PUBLISH_TOKENS"] = TOKEN
-        env["LIVEPUSH_PUBLISH_RATE"] = "0"  # the harness paces itself
-        env["LIVEPUSH_LOG_LEVEL"] = "warning"
-        if "--publish-token" in flags:
-            argv += ["--publish-token", TOKEN]
-        if "--no-demo" in flags:
-            argv.append("--no-demo")
-        if variant.workers > 1:
-            argv += ["--workers", str(variant.workers)]
-        argv += variant.server_flags
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        argv = ["taskset", "-c", str(SERVER_CORE), *argv]
-    with log_file(name) as log:
-        async with spawned(name, argv, stdout=log, stderr=log, env=env) as child:
-            await wait_for_port(port, child, 60)
-            if variant.server == "livepush":
-                await wait_ready(port, child)
-            yield child, port
-
-
-async def wait_ready(port: int, child: Child) -> None:
-    """Until /readyz answers 200 (the broker is reachable), at most 60 s."""
-    connection = Http(port)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if child.proc.returncode is not None:
-                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
-                status, _ = await asyncio.wait_for(connection.request("GET", "/readyz"), 5)
-                if status == 200:
-                    return
-            connection.close()
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"{child.name}: /readyz not 200 within 60 s")
-    finally:
-        connection.close()
-
-
 @dataclass
 class Contender:
     """A server under test, up, with its subscribers connected and its publisher."""
 
     result: Result
     server: Child
+    port: int
+    redis_port: int
     group: list[Loadgen]
     publisher: Publisher
 
@@ -330,62 +275,11 @@ class Contender:
 # ---------------------------------------------------------------- phases
 
 
-async def wait_for_quiet(args: argparse.Namespace) -> None:
-    """Wait, at most --quiet-wait s, until other processes use under --max-foreign % CPU.
-
-    Other work on a two-core machine shifts every number of a run (a test suite, a
-    browser): waiting is cheaper than a wrong table. Two quiet seconds in a row count.
-    """
-    deadline = time.monotonic() + args.quiet_wait
-    quiet_in_a_row = 0
-    while time.monotonic() < deadline and quiet_in_a_row < 2:
-        before = MachineSample.take()
-        await asyncio.sleep(1)
-        foreign = MachineUse.between(before, MachineSample.take()).foreign_pct
-        quiet_in_a_row = quiet_in_a_row + 1 if foreign <= args.max_foreign else 0
-    if quiet_in_a_row < 2 and args.quiet_wait:
-        print("  the machine did not go quiet: numbers may be contaminated", file=sys.stderr)
-
-
-MEMORY_PING_INTERVAL = 3.0
-
-
-async def measure_memory(variant: Variant, args: argparse.Namespace) -> tuple[float, int]:
-    """KiB of server RSS per idle subscribed connection, over args.memory_conns of them."""
-    name = f"{variant.slug}-memory"
-    async with contextlib.AsyncExitStack() as stack:
-        redis_port = await stack.enter_async_context(redis_server(f"{name}-redis"))
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        # livepush builds a socket's websockets protocol at its first ping (or frame):
-        # short ping intervals, and a wait past two of them, so that every socket
-        # measured is in its steady state. The floor never pings.
-        server, port = await stack.enter_async_context(
-            server_process(variant, redis_url, name, ping_interval=MEMORY_PING_INTERVAL)
-        )
-        # A few warm connections first, so lazily built state is in the baseline.
-        warm = await stack.enter_async_context(
-            loadgens(port, 50, f"{name}-warm", variant.deflate, args.subscribe, args.deadline)
-        )
-        await connect_all(warm, 30)
-        await asyncio.sleep(1)  # settle: the allocator and the GC after the connect burst
-        before = tree_rss(server.pid)
-        group = await stack.enter_async_context(
-            loadgens(port, args.memory_conns, name, variant.deflate, args.subscribe, args.deadline)
-        )
-        connected = await connect_all(group, 120)
-        # Idle means steady: past two pings and past livepush's 10 s first-request
-        # deadline, which keeps a little of each handshake until then.
-        await asyncio.sleep(max(2 * MEMORY_PING_INTERVAL + 1, 11))
-        after = tree_rss(server.pid)
-    subscribed = int(connected["subscribed"])
-    return ((after - before) / 1024 / subscribed if subscribed else float("nan")), subscribed
-
-
 async def start_contender(
-    stack: contextlib.AsyncExitStack, variant: Variant, args: argparse.Namespace
+    stack: contextlib.AsyncExitStack, result: Result, args: argparse.Namespace
 ) -> Contender:
     """Its own redis-server, the server, its subscribers connected (timed), a warm-up."""
-    result = Result(variant)
+    variant = result.variant
     redis_port = 0
     if variant.cluster:
         redis_url = await stack.enter_async_context(redis_cluster(f"{variant.slug}-redis"))
@@ -404,7 +298,7 @@ async def start_contender(
             variant.feeds,
         )
     )
-    await wait_for_quiet(args)
+    await wait_for_quiet(args.quiet_wait, args.max_foreign)
     rss_before = tree_rss(server.pid)
     connected = await connect_all(group, 120)
     print(f"  {variant.label} connect: {connected}", file=sys.stderr, flush=True)
@@ -421,16 +315,22 @@ async def start_contender(
         else LivepushPublisher(port, args.publishers, variant.feeds)
     )
     stack.push_async_callback(publisher.aclose)
-    contender = Contender(result, server, group, publisher)
+    contender = Contender(result, server, port, redis_port, group, publisher)
     # Warm-up: the first events pay for lazy imports and first-time allocations.
     await measure_window(contender, args.rate, 1.0, args)
     return contender
 
 
 async def measure_window(
-    contender: Contender, rate: float, duration: float, args: argparse.Namespace
+    contender: Contender,
+    rate: float,
+    duration: float,
+    args: argparse.Namespace,
+    publisher: Publisher | None = None,
+    concurrency: int = 0,
 ) -> Window:
-    """Publish at `rate` for `duration` s; server CPU and what the loadgens saw."""
+    """Publish at `rate` for `duration` s (with `publisher`, default the contender's);
+    server CPU and what the loadgens saw."""
     server, group = contender.server, contender.group
     count = max(1, round(rate * duration))
     feeds = contender.result.variant.feeds
@@ -443,7 +343,11 @@ async def measure_window(
     machine_before = MachineSample.take()
     started = time.monotonic()
     published = await publish_paced(
-        contender.publisher, rate, count, body_for_size(args.entry_size), args.publishers
+        publisher or contender.publisher,
+        rate,
+        count,
+        body_for_size(args.entry_size),
+        concurrency or args.publishers,
     )
     drain_ms = int(args.drain * 1000)
     for lg in group:
@@ -493,12 +397,17 @@ async def measure_window(
 
 
 async def clean_window(
-    contender: Contender, rate: float, duration: float, args: argparse.Namespace
+    contender: Contender,
+    rate: float,
+    duration: float,
+    args: argparse.Namespace,
+    publisher: Publisher | None = None,
+    concurrency: int = 0,
 ) -> Window:
     """measure_window, again (at most 3 tries) while other work shared the machine."""
     for attempt in range(3):
-        await wait_for_quiet(args)
-        window = await measure_window(contender, rate, duration, args)
+        await wait_for_quiet(args.quiet_wait, args.max_foreign)
+        window = await measure_window(contender, rate, duration, args, publisher, concurrency)
         if window.machine.foreign_pct <= args.max_foreign:
             return window
         print(
@@ -521,9 +430,9 @@ def max_rate_stop_reason(step: Window, p99_limit: float, args: argparse.Namespac
         )
     if step.p99_ms > p99_limit:
         return f"p99 {step.p99_ms:.1f} ms > {p99_limit:.1f} ms at {step.rate:g}/s"
-    # A saturated core explains a publisher that fell behind, so it is named first.
-    if step.server_cpu_pct > 95:
-        return f"server core saturated ({step.server_cpu_pct:.0f} %) at {step.rate:g}/s"
+    # A saturated server core is no reason to stop: a server that batches keeps up
+    # while saturated, and loss or the p99 bar show when it no longer does. A
+    # saturated loadgen core means the harness is the limit: the search ends there.
     if step.loadgen_cpu_pct > 90:
         return f"loadgen core saturated ({step.loadgen_cpu_pct:.0f} %) at {step.rate:g}/s"
     if step.entries / step.publish_seconds < 0.95 * step.rate:
@@ -532,15 +441,39 @@ def max_rate_stop_reason(step: Window, p99_limit: float, args: argparse.Namespac
 
 
 async def find_max_rate(contender: Contender, p99_limit: float, args: argparse.Namespace) -> None:
-    """Raise the rate by --max-rate-step until a step is not sustained (at most 20 steps).
+    """Raise the rate by --max-rate-step from --max-rate-start until a step is not
+    sustained (at most 20 steps).
 
     A step that fails on p99 alone is measured once more before the search stops.
+    livepush's entries go over --max-rate-publishers connections: at 40 entries/s a
+    POST that waits behind a 100 ms fan-out must not hold up the next ones.
     """
     result = contender.result
-    rate = args.rate
+    rate = args.max_rate_start or args.rate
+    publisher: Publisher = contender.publisher
+    concurrency = args.publishers
+    if isinstance(publisher, LivepushPublisher):
+        concurrency = max(args.publishers, args.max_rate_publishers)
+        publisher = LivepushPublisher(contender.port, concurrency, result.variant.feeds)
+    try:
+        await search_rates(contender, publisher, concurrency, rate, p99_limit, args)
+    finally:
+        if publisher is not contender.publisher:
+            await publisher.aclose()
+
+
+async def search_rates(
+    contender: Contender,
+    publisher: Publisher,
+    concurrency: int,
+    rate: float,
+    p99_limit: float,
+    args: argparse.Namespace,
+) -> None:
+    result = contender.result
     retried = False
     for _ in range(20):
-        step = await clean_window(contender, rate, args.step_duration, args)
+        step = await clean_window(contender, rate, args.step_duration, args, publisher, concurrency)
         result.steps.append(step)
         print(f"  {result.variant.label} step: {step.describe()}", file=sys.stderr, flush=True)
         reason = max_rate_stop_reason(step, p99_limit, args)
@@ -565,7 +498,111 @@ def failed(result: Result, error: BaseException) -> None:
     )
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
+async def run_fanout(args: argparse.Namespace, memory: bool) -> list[Result]:
+    """The delivery windows, --repeat times with fresh servers; then --max-rate."""
+    chosen = variants(args)
+    results = {variant: Result(variant) for variant in chosen}
+
+    for variant in chosen if memory and args.memory_conns else ():
+        await wait_for_quiet(args.quiet_wait, args.max_foreign)
+        try:
+            measured = await measure_memory(variant, variant.deflate, args)
+        except (RuntimeError, TimeoutError, OSError) as error:
+            # Its windows may still run: the table shows "-" for its memory.
+            print(f"  {variant.label} memory failed: {error}", file=sys.stderr)
+            continue
+        results[variant].kib_per_conn = measured.kib_per_conn
+        results[variant].memory_conns = measured.conns
+        print(
+            f"  {variant.label} memory: {measured.kib_per_conn:.2f} KiB/conn over {measured.conns}",
+            file=sys.stderr,
+        )
+
+    for repeat in range(1, args.repeat + 1):
+        async with contextlib.AsyncExitStack() as stack:
+            contenders = await start_contenders(stack, results, args)
+            await run_rounds(contenders, repeat, args)
+            if repeat < args.repeat or not args.max_rate:
+                continue
+            # One latency bar for every server: a server is not let off for a slow base.
+            floor = next((r.window for r in results.values() if r.variant.server == "floor"), None)
+            for contender in contenders:
+                base = floor or contender.result.window
+                if base is None:
+                    continue
+                p99_limit = args.max_rate_p99_factor * base.p99_ms
+                try:
+                    await find_max_rate(contender, p99_limit, args)
+                except (RuntimeError, TimeoutError, OSError) as error:
+                    contender.result.max_rate_stop = f"failed: {error}"
+    return list(results.values())
+
+
+async def start_contenders(
+    stack: contextlib.AsyncExitStack, results: dict[Variant, Result], args: argparse.Namespace
+) -> list[Contender]:
+    """Every variant's server up with its subscribers; one that fails is left out."""
+    contenders = []
+    for result in results.values():
+        if result.error:
+            continue
+        own = contextlib.AsyncExitStack()  # stops only this server's processes on failure
+        try:
+            contender = await start_contender(own, result, args)
+        except (RuntimeError, TimeoutError, OSError) as error:
+            await own.aclose()
+            failed(result, error)
+            continue
+        await stack.enter_async_context(own)
+        contenders.append(contender)
+    return contenders
+
+
+async def run_rounds(contenders: list[Contender], repeat: int, args: argparse.Namespace) -> None:
+    """--rounds windows per server, interleaved; each server's as one run."""
+    done: dict[int, list[Window]] = {id(c): [] for c in contenders}
+    for round_number in range(1, args.rounds + 1):
+        for contender in list(contenders):
+            label = contender.result.variant.label
+            try:
+                window = await clean_window(contender, args.rate, args.duration, args)
+            except (RuntimeError, TimeoutError, OSError) as error:
+                failed(contender.result, error)
+                contenders.remove(contender)
+                continue
+            contender.result.rounds.append(window)
+            done[id(contender)].append(window)
+            run = f"run {repeat}, " if args.repeat > 1 else ""
+            print(
+                f"  {label} {run}round {round_number}: {window.describe()}",
+                file=sys.stderr,
+                flush=True,
+            )
+    for contender in contenders:
+        windows = done[id(contender)]
+        if len(windows) == args.rounds:
+            total = windows[0]
+            for other in windows[1:]:
+                total = total + other
+            contender.result.runs.append(total)
+
+
+@dataclass
+class Report:
+    """Everything one run measured."""
+
+    fanout: list[Result] = field(default_factory=list)
+    connect: ConnectResult | None = None
+    storm: StormResult | None = None
+    crowd: CrowdResult | None = None
+
+    @property
+    def failed(self) -> bool:
+        scenarios = (self.connect, self.storm, self.crowd)
+        return any(not r.window for r in self.fanout) or any(s and s.error for s in scenarios)
+
+
+async def run(args: argparse.Namespace) -> Report:
     # SIGTERM (and SIGINT, which a background job ignores by default) cancel the run,
     # so every `finally` stops its child processes instead of leaving them behind.
     this_run = asyncio.current_task()
@@ -573,65 +610,21 @@ async def run(args: argparse.Namespace) -> list[Result]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, this_run.cancel)
     build_loadgen()
-    chosen = variants(args)
-    results = {variant: Result(variant) for variant in chosen}
-
-    for variant in chosen if args.memory_conns else ():
-        await wait_for_quiet(args)
-        try:
-            kib, conns = await measure_memory(variant, args)
-        except (RuntimeError, TimeoutError, OSError) as error:
-            failed(results[variant], error)
-            continue
-        results[variant].kib_per_conn, results[variant].memory_conns = kib, conns
-        print(f"  {variant.label} memory: {kib:.2f} KiB/conn over {conns}", file=sys.stderr)
-
-    async with contextlib.AsyncExitStack() as stack:
-        contenders = []
-        for variant in chosen:
-            own = contextlib.AsyncExitStack()  # stops only this server's processes on failure
-            try:
-                contender = await start_contender(own, variant, args)
-            except (RuntimeError, TimeoutError, OSError) as error:
-                await own.aclose()
-                failed(results[variant], error)
-                continue
-            await stack.enter_async_context(own)
-            contender.result.kib_per_conn = (
-                contender.result.kib_per_conn or results[variant].kib_per_conn
-            )
-            contender.result.memory_conns = (
-                contender.result.memory_conns or results[variant].memory_conns
-            )
-            results[variant] = contender.result
-            contenders.append(contender)
-
-        for round_number in range(1, args.rounds + 1):
-            for contender in list(contenders):
-                label = contender.result.variant.label
-                try:
-                    window = await clean_window(contender, args.rate, args.duration, args)
-                except (RuntimeError, TimeoutError, OSError) as error:
-                    failed(contender.result, error)
-                    contenders.remove(contender)
-                    continue
-                contender.result.rounds.append(window)
-                print(
-                    f"  {label} round {round_number}: {window.describe()}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        # One latency bar for every server: a server is not let off for a slow base.
-        floor = next((r.window for r in results.values() if r.variant.server == "floor"), None)
-        for contender in contenders if args.max_rate else ():
-            base = floor or contender.result.window
-            assert base is not None
-            p99_limit = args.max_rate_p99_factor * base.p99_ms
-            try:
-                await find_max_rate(contender, p99_limit, args)
-            except (RuntimeError, TimeoutError, OSError) as error:
-                contender.result.max_rate_stop = f"failed: {error}"
-    return list(results.values())
+    report = Report()
+    if "connect" in args.scenarios:
+        print("connect scenario", file=sys.stderr, flush=True)
+        report.connect = await run_connect(args)
+    if "fanout" in args.scenarios:
+        print("fanout scenario", file=sys.stderr, flush=True)
+        # The connect scenario measured idle memory already, as the targets want it.
+        report.fanout = await run_fanout(args, memory="connect" not in args.scenarios)
+    if "storm" in args.scenarios:
+        print("storm scenario", file=sys.stderr, flush=True)
+        report.storm = await run_storm(args)
+    if "crowd" in args.scenarios:
+        print("crowd scenario", file=sys.stderr, flush=True)
+        report.crowd = await run_crowd(args)
+    return report
 
 
 # ---------------------------------------------------------------- report
@@ -670,11 +663,16 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             f"{fmt(r.kib_per_conn, '.2f')} | {fmt(r.connect_seconds, '.3f')} | {w.lost} | "
             f"{w.loadgen_cpu_pct:.0f} | {w.machine.foreign_pct:.0f} |"
         )
+    if args.repeat > 1:
+        print(f"\np99 ms of each of the {args.repeat} runs (fresh servers each):")
+        for r in results:
+            print(f"- {r.variant.label}: " + ", ".join(f"{w.p99_ms:.1f}" for w in r.runs))
     if args.max_rate:
         print(
             "\nHighest sustained rate (a step is sustained with no loss, p99 within "
             f"{args.max_rate_p99_factor:g}x the floor's p99 at {args.rate:g}/s (the server's "
-            "own without a floor), neither core saturated, the publisher on time):"
+            "own without a floor), the loadgen core not saturated, the publisher on time; "
+            "a saturated server core does not end the search):"
         )
         for r in results:
             m = r.max_rate
@@ -685,7 +683,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
                     f"loadgen CPU {m.loadgen_cpu_pct:.0f} %); stopped: {r.max_rate_stop}"
                 )
             elif r.window:
-                print(f"- {r.variant.label}: not even {args.rate:g}/s; stopped: {r.max_rate_stop}")
+                start = args.max_rate_start or args.rate
+                print(f"- {r.variant.label}: not even {start:g}/s; stopped: {r.max_rate_stop}")
     for compressed in (False, True):
         windows = [
             w
@@ -707,6 +706,150 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print("\nTargets:")
     for line in target_lines(results, floor_window, args):
         print(f"- {line}")
+
+
+def print_report(report: Report, args: argparse.Namespace) -> None:
+    if report.fanout:
+        print_table(report.fanout, args)
+    if report.connect is not None:
+        connect = report.connect
+        offered = ", clients offering permessage-deflate" if connect.deflate else ""
+        print(f"\nConnect: {connect.conns:,} clients at once per burst{offered}")
+        print("| server | by | handshakes + subscribes/s per burst | median | server µs/conn |")
+        print("|---|---|---|---:|---:|")
+        for server in ("floor", "livepush"):
+            for mode in ("path", "message"):
+                bursts = connect.of(server, mode)
+                if not bursts:
+                    continue
+                rates = ", ".join(f"{b.per_second:,.0f}" for b in bursts)
+                cpu = statistics.median(
+                    b.server_cpu_seconds / max(b.subscribed, 1) * 1e6 for b in bursts
+                )
+                median = connect.rate(server, mode) or 0.0
+                print(f"| {server} | {mode} | {rates} | {median:,.0f} | {cpu:.0f} |")
+        for server, memory in connect.memory.items():
+            print(f"- {server}: {memory.kib_per_conn:.2f} KiB per idle connection")
+    if report.storm is not None:
+        storm = report.storm
+        print(f"\nReconnect storm: {storm.clients:,} clients per round")
+        if storm.calm is not None:
+            print(f"- calm, {storm.calm_subscribers:,} subscribers: {storm.calm.describe()}")
+        for i, done in enumerate(storm.rounds, 1):
+            print(f"- round {i}: {done.describe()}")
+    if report.crowd is not None:
+        print(f"\nCrowd: {report.crowd.describe()}")
+    print("\nIssue 11 targets, all from this run:")
+    for target in issue_targets(report, args):
+        print(target.line())
+
+
+def issue_targets(report: Report, args: argparse.Namespace) -> list[Target]:
+    """Every target of issue 11, in the issue's order; NOT SHOWN where not measured."""
+
+    def skipped(names: Iterable[str], scenario: str) -> list[Target]:
+        return [Target(n, "not run", "-", None, f"--scenarios {scenario}") for n in names]
+
+    found = []
+    if report.connect is not None:
+        found += report.connect.targets()
+    else:
+        names = ("connect, subscribing in the URL", "connect, subscribing by message")
+        found += skipped((*names, "idle memory"), "connect")
+    if report.storm is not None:
+        found += report.storm.targets()
+    else:
+        found += skipped(("reconnect storm",), "storm")
+    if report.fanout:
+        found += fanout_targets(report.fanout, args)
+    else:
+        found += skipped(("bursts", "p50 at 10 entries/s", "steady p99"), "fanout")
+    if report.crowd is not None:
+        found += report.crowd.targets()
+    else:
+        found += skipped(("100,000 subscribers",), "crowd")
+    return found
+
+
+def fanout_targets(results: list[Result], args: argparse.Namespace) -> list[Target]:
+    floor = next((r for r in results if r.variant.server == "floor" and r.window), None)
+    livepush = next((r for r in results if r.variant.label == "livepush" and r.window), None)
+    names = ("bursts", "p50 at 10 entries/s", "steady p99")
+    if floor is None or livepush is None:
+        why = "the floor and livepush (--servers floor,livepush) must both have run"
+        return [Target(name, "not measured", "-", None, why) for name in names]
+    found = [burst_target(floor, livepush, args)]
+    w, f = livepush.window, floor.window
+    assert w is not None
+    assert f is not None
+    setting = f"{args.subscribers:,} subscribers x {args.rate:g} entries/s"
+    same = args.rate == 10 and args.subscribers == 5000 and args.entry_size == 1024
+    found.append(
+        Target(
+            names[1],
+            f"{w.p50_ms:.1f} ms vs the README's {README_P50_MS:g} ms",
+            f"<= {P50_TOLERANCE:g}x the README's",
+            w.p50_ms <= P50_TOLERANCE * README_P50_MS if same else None,
+            f"{setting}, all {len(livepush.rounds)} windows; the floor's p50 in this run "
+            f"{f.p50_ms:.1f} ms ({w.p50_ms / f.p50_ms:.2f}x)"
+            + ("" if same else "; the README's figure is for 5,000 x 10/s of 1 KiB"),
+        )
+    )
+    pairs = list(zip(floor.runs, livepush.runs, strict=False))
+    if not pairs:
+        found.append(Target(names[2], "not measured", "-", None, "no complete run"))
+        return found
+    ratios = [lp.p99_ms / fl.p99_ms for fl, lp in pairs]
+    median = statistics.median(ratios)
+    found.append(
+        Target(
+            names[2],
+            f"{median:.2f}x floor, the median of {len(ratios)} runs",
+            f"<= {STEADY_P99_BAR:g}x",
+            median <= STEADY_P99_BAR,
+            f"{setting}; runs: "
+            + ", ".join(
+                f"{ratio:.2f}x ({lp.p99_ms:.1f} vs {fl.p99_ms:.1f} ms)"
+                for ratio, (fl, lp) in zip(ratios, pairs, strict=True)
+            ),
+        )
+    )
+    return found
+
+
+HARNESS_LIMITS = ("loadgen core saturated", "other processes")
+
+
+def burst_target(floor: Result, livepush: Result, args: argparse.Namespace) -> Target:
+    name = "bursts"
+    if not args.max_rate:
+        return Target(name, "not run", f">= {BURST_BAR:g}x floor", None, "run with --max-rate")
+    f, lp = floor.max_rate, livepush.max_rate
+    start = args.max_rate_start or args.rate
+    if f is None or lp is None:
+        who = "the floor" if f is None else "livepush"
+        return Target(
+            name,
+            f"{who} did not sustain {start:g}/s",
+            f">= {BURST_BAR:g}x floor",
+            None if f is None else False,
+            f"floor stopped: {floor.max_rate_stop}; livepush stopped: {livepush.max_rate_stop}",
+        )
+    ratio = lp.rate / f.rate
+    met: bool | None = ratio >= BURST_BAR
+    if not met and livepush.max_rate_stop.startswith(HARNESS_LIMITS):
+        met = None  # the harness ran out first: this machine cannot tell
+    return Target(
+        name,
+        f"{ratio:.2f}x the floor's highest zero-loss rate",
+        f">= {BURST_BAR:g}x",
+        met,
+        f"livepush {lp.rate:g} entries/s = {lp.deliveries_per_s:,.0f} deliveries/s, p99 "
+        f"{lp.p99_ms:.1f} ms, server CPU {lp.server_cpu_pct:.0f} %; floor {f.rate:g}/s = "
+        f"{f.deliveries_per_s:,.0f} deliveries/s, p99 {f.p99_ms:.1f} ms, server CPU "
+        f"{f.server_cpu_pct:.0f} %; livepush stopped: {livepush.max_rate_stop}; floor "
+        f"stopped: {floor.max_rate_stop}",
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -859,7 +1002,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quiet-wait", type=float, default=120, help="max s to wait for other work to stop")
     add("--max-foreign", type=float, default=5, help="%% of a core others may use in a window")
     add("--json", type=Path, help="also write the results here")
+    add(
+        "--scenarios",
+        default="fanout",
+        help="comma-separated: connect, fanout, storm, crowd; or all (issue 11's targets)",
+    )
+    add("--repeat", type=int, default=1, help="fanout runs, each with fresh servers")
+    add("--max-rate-start", type=float, help="first max-rate step (default --rate)")
+    add("--max-rate-publishers", type=int, default=16, help="ingest connections of max-rate")
+    connect = p.add_argument_group("connect scenario")
+    connect.add_argument("--connect-conns", type=int, default=10000, help="clients per burst")
+    connect.add_argument("--connect-rounds", type=int, default=3, help="bursts per server, mode")
+    connect.add_argument(
+        "--connect-deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clients offer permessage-deflate, as browsers do",
+    )
+    storm = p.add_argument_group("storm scenario")
+    storm.add_argument("--storm-clients", type=int, default=10000)
+    storm.add_argument("--storm-head", type=int, default=100, help="entries in the storm feed")
+    storm.add_argument("--storm-behind", type=int, default=50, help="since = head - this")
+    storm.add_argument("--storm-calm", type=int, default=1000, help="subscribers already there")
+    storm.add_argument("--storm-calm-seconds", type=float, default=5)
+    storm.add_argument("--storm-rounds", type=int, default=3, help="storms, each on a new feed")
+    storm.add_argument("--storm-loadgens", type=int, default=2, help="loadgen processes")
+    storm.add_argument("--storm-timeout", type=float, default=60, help="s for every catch-up")
+    storm.add_argument(
+        "--storm-deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the storm's clients (and the plain connects') offer permessage-deflate",
+    )
+    crowd = p.add_argument_group("crowd scenario")
+    crowd.add_argument("--crowd", type=int, default=100_000, help="subscribers")
+    crowd.add_argument("--crowd-workers", type=int, default=6, help="livepush worker processes")
+    crowd.add_argument("--crowd-loadgens", type=int, default=6, help="loadgen processes")
+    crowd.add_argument("--crowd-rate", type=float, default=1, help="entries per second")
+    crowd.add_argument("--crowd-duration", type=float, default=30, help="seconds publishing")
+    crowd.add_argument("--crowd-timeout", type=float, default=300, help="s for the connects")
     args = p.parse_args(argv)
+    chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    args.scenarios = list(SCENARIOS) if chosen == ["all"] else chosen
+    if not args.scenarios or set(args.scenarios) - set(SCENARIOS):
+        p.error(f"--scenarios: a comma-separated list of {', '.join(SCENARIOS)}, or all")
+    if min(args.repeat, args.connect_conns, args.connect_rounds, args.storm_clients) <= 0:
+        p.error("--repeat, --connect-conns, --connect-rounds, --storm-clients must be positive")
+    if not 0 < args.storm_behind <= args.storm_head:
+        p.error("--storm-behind must be in 1..--storm-head")
+    for total, processes, what in (
+        (args.storm_clients, args.storm_loadgens, "--storm-clients/--storm-loadgens"),
+        (args.crowd, args.crowd_loadgens, "--crowd/--crowd-loadgens"),
+    ):
+        if processes <= 0 or total / processes > OPEN_FILES_CAP - 1000:
+            p.error(f"{what}: over {OPEN_FILES_CAP - 1000} connections per loadgen process")
     if min(args.subscribers, args.rate, args.duration, args.rounds) <= 0:
         p.error("subscribers, rate, duration and rounds must be positive")
     if args.max_rate_step <= 1:
@@ -885,14 +1081,23 @@ def main() -> int:
     pin_to_load_core()
     print(f"load average before the run: {os.getloadavg()}", file=sys.stderr)
     try:
-        results = uvloop.run(asyncio.wait_for(run(args), args.deadline))
+        report = uvloop.run(asyncio.wait_for(run(args), args.deadline))
     except asyncio.CancelledError:
         print("interrupted: every child process was stopped", file=sys.stderr)
         return 130
-    print_table(results, args)
+    print_report(report, args)
     if args.json:
-        args.json.write_text(json.dumps([as_json(r) for r in results], indent=2, default=str))
-    return 0 if all(r.window for r in results) else 1
+        data = {
+            "args": vars(args),
+            "fanout": [as_json(r) for r in report.fanout],
+            "connect": None if report.connect is None else asdict(report.connect),
+            "storm": None if report.storm is None else asdict(report.storm),
+            "crowd": None if report.crowd is None else asdict(report.crowd),
+            "targets": [asdict(t) | {"line": t.line()} for t in issue_targets(report, args)],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2, default=str))
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psutil
@@ -29,7 +29,9 @@ LOADGEN_BIN = ROOT / "scripts" / "loadgen" / "bin" / "loadgen"
 LOGS = ROOT / "test-artifacts" / "bench"
 FEED = "bench"
 TOKEN = "bench"
+T = TypeVar("T")
 CONNS_PER_LOADGEN = 5000  # well under the 20,000 open files one process may hold
+OPEN_FILES_CAP = 20_000  # what one process may hold on this machine (ulimit -Hn)
 
 
 # ---------------------------------------------------------------- children
@@ -249,6 +251,23 @@ class MachineUse:
         return [busy / self.wall_seconds for busy in self.core_busy_seconds]
 
 
+async def wait_for_quiet(within: float, max_foreign: float) -> None:
+    """Wait, at most `within` s, until other processes use under max_foreign % CPU.
+
+    Other work on a two-core machine shifts every number of a run (a test suite, a
+    browser): waiting is cheaper than a wrong table. Two quiet seconds in a row count.
+    """
+    deadline = time.monotonic() + within
+    quiet_in_a_row = 0
+    while time.monotonic() < deadline and quiet_in_a_row < 2:
+        before = MachineSample.take()
+        await asyncio.sleep(1)
+        foreign = MachineUse.between(before, MachineSample.take()).foreign_pct
+        quiet_in_a_row = quiet_in_a_row + 1 if foreign <= max_foreign else 0
+    if quiet_in_a_row < 2 and within:
+        print("  the machine did not go quiet: numbers may be contaminated", file=sys.stderr)
+
+
 def tree_rss(pid: int) -> int:
     total = 0
     for proc in process_tree(pid):
@@ -396,7 +415,7 @@ class FloorPublisher:
 class LivepushPublisher:
     """POSTs entries over a small pool of keep-alive connections; the server assigns seqs."""
 
-    def __init__(self, port: int, connections: int, feeds: int = 0) -> None:
+    def __init__(self, port: int, connections: int, feeds: int = 0, feed: str = FEED) -> None:
         self.pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
         for _ in range(connections):
             self.pool.put_nowait(HttpConnection(port))
@@ -404,10 +423,11 @@ class LivepushPublisher:
         # feeds > 0: entries go round-robin to FEED-0 .. FEED-(feeds - 1), as the
         # loadgens' --feeds subscribes them.
         self.feeds = feeds
+        self.feed = feed
         self.published = 0
 
     async def publish(self, fields: dict[str, Any]) -> int:
-        feed = f"{FEED}-{self.published % self.feeds}" if self.feeds else FEED
+        feed = f"{self.feed}-{self.published % self.feeds}" if self.feeds else self.feed
         self.published += 1
         connection = await self.pool.get()
         try:
@@ -459,9 +479,15 @@ class PublishResult:
 
 
 async def publish_paced(
-    publisher: Publisher, rate: float, count: int, body: str, concurrency: int
+    publisher: Publisher,
+    rate: float,
+    count: int,
+    body: str,
+    concurrency: int,
+    stop: asyncio.Event | None = None,
 ) -> PublishResult:
-    """Publish `count` entries on a fixed schedule (entry i at start + i/rate).
+    """Publish `count` entries on a fixed schedule (entry i at start + i/rate), or
+    fewer: none is started once `stop` is set.
 
     A late send goes out at once, never skipped: if the server is slow the achieved
     rate falls, and the caller sees it in `seconds`.
@@ -474,11 +500,17 @@ async def publish_paced(
 
     async def worker() -> None:
         nonlocal next_index, errors, last_send
-        while next_index < count:
+        while next_index < count and not (stop and stop.is_set()):
             index = next_index
             next_index += 1
             delay = start + index / rate - time.monotonic()
-            if delay > 0:
+            if delay > 0 and stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    next_index = count  # the other workers stop too
+                    break
+            elif delay > 0:
                 await asyncio.sleep(delay)
             last_send = max(last_send, time.monotonic())
             try:
@@ -539,6 +571,31 @@ class Loadgen:
                 return line
 
 
+_sources = 0
+
+
+def next_source() -> str:
+    """A loopback source address for the next loadgen process: 127.0.0.2, .3, ... .254.
+
+    Each source address has its own ~28,000 ephemeral ports to one server port, so
+    100,000 connections fit, and a connect burst never waits on the TIME_WAIT ports
+    of the previous one.
+    """
+    global _sources
+    _sources += 1
+    return f"127.0.0.{2 + _sources % 253}"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Connections that resume after seq `since` (of `epoch`); `until`: the seq whose
+    arrival on each connection is timed (the catch-up's end)."""
+
+    since: int
+    epoch: str | None = None
+    until: int = 0
+
+
 @contextlib.asynccontextmanager
 async def loadgens(
     port: int,
@@ -548,9 +605,19 @@ async def loadgens(
     subscribe: str,
     deadline: float,
     feeds: int = 0,
+    *,
+    feed: str = FEED,
+    resume: Resume | None = None,
+    processes: int = 1,
+    per_process: int = CONNS_PER_LOADGEN,
+    cores: set[int] | None = None,
 ) -> AsyncIterator[list[Loadgen]]:
-    """Enough loadgen processes for `total` connections, all stopped on the way out."""
-    sizes = split_evenly(total, max(1, -(-total // CONNS_PER_LOADGEN)))
+    """Loadgen processes for `total` connections, at least `processes` of them and at
+    most `per_process` connections each, all stopped on the way out. `cores`: where
+    they may run (default: where this process runs)."""
+    sizes = split_evenly(total, max(processes, -(-total // per_process), 1))
+    if max(sizes) > OPEN_FILES_CAP - 64:
+        raise ValueError(f"{max(sizes)} connections in one loadgen: over the open-files cap")
     async with contextlib.AsyncExitStack() as stack:
         started = []
         for i, size in enumerate(sizes):
@@ -558,8 +625,10 @@ async def loadgens(
                 str(LOADGEN_BIN),
                 "--port",
                 str(port),
+                "--source",
+                next_source(),
                 "--feed",
-                FEED,
+                feed,
                 "--conns",
                 str(size),
                 "--subscribe",
@@ -574,6 +643,10 @@ async def loadgens(
                 argv.append("--deflate")
             if feeds:
                 argv += ["--feeds", str(feeds)]
+            if resume is not None:
+                argv += ["--since", str(resume.since)]
+                argv += ["--epoch", resume.epoch] if resume.epoch else []
+                argv += ["--until", str(resume.until)] if resume.until else []
             child = await stack.enter_async_context(
                 spawned(
                     f"loadgen {label}-{i}",
@@ -583,6 +656,8 @@ async def loadgens(
                     limit=64 << 20,
                 )
             )
+            if cores is not None:
+                os.sched_setaffinity(child.pid, cores)
             started.append(Loadgen(child))
         try:
             yield started
@@ -630,3 +705,94 @@ def percentile_ms(hist: dict[int, int], fraction: float) -> float:
         if seen >= total * fraction:
             return bucket_value(index) / 1000
     return bucket_value(max(hist)) / 1000
+
+
+def merged_hist(reports: list[dict[str, Any]]) -> dict[int, int]:
+    """The latency buckets of several loadgen reports, as one histogram."""
+    hist: dict[int, int] = {}
+    for report in reports:
+        for index, n in report["hist"]:
+            hist[index] = hist.get(index, 0) + n
+    return hist
+
+
+async def reports_for(
+    group: list[Loadgen], first: int, last: int, drain: float
+) -> list[dict[str, Any]]:
+    """Every loadgen's report on seqs first..last, once each has them all (or after
+    `drain` s)."""
+    for lg in group:
+        await lg.send(f"report {first} {last} {int(drain * 1000)}")
+    return list(await asyncio.gather(*(lg.expect("report", drain + 30) for lg in group)))
+
+
+async def publishing_during(
+    subscribers: list[Loadgen],
+    publisher: Publisher,
+    rate: float,
+    body: str,
+    concurrency: int,
+    during: Awaitable[T],
+    *,
+    at_least: float,
+    at_most: float,
+    drain: float,
+) -> tuple[T, PublishResult, list[dict[str, Any]]]:
+    """Publish at `rate` while `during` runs (and for `at_least` s in all, at most
+    `at_most` s); then the subscribers' reports on what was published meanwhile."""
+    for lg in subscribers:
+        await lg.send("reset")
+    stop = asyncio.Event()
+    count = max(1, round(rate * at_most))
+    publishing = asyncio.create_task(publish_paced(publisher, rate, count, body, concurrency, stop))
+    started = time.monotonic()
+    try:
+        value = await during
+        await asyncio.sleep(max(0.0, at_least - (time.monotonic() - started)))
+    finally:
+        stop.set()
+        published = await publishing
+    reports = await reports_for(subscribers, published.first, published.last, drain)
+    return value, published, reports
+
+
+# ------------------------------------------------------------------ Redis
+
+
+async def redis_calls(port: int) -> Counter[str]:
+    """Calls of each command a redis-server has run, from `INFO commandstats`.
+
+    Commands a Lua script runs count under their own names (measured on Redis 7.0:
+    an EVAL of HSETNX and XRANGE adds one call to each), which is how the scripts'
+    share of the work is told apart.
+    """
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return Counter(
+        {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    )
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue, as measured: `target NAME: VALUE (BAR) MET; DETAIL`.
+
+    met None: not shown by this run (the detail says why, and what shows it).
+    """
+
+    name: str
+    value: str
+    bar: str
+    met: bool | None
+    detail: str = ""
+
+    def line(self) -> str:
+        verdict = {True: "MET", False: "NOT MET", None: "NOT SHOWN"}[self.met]
+        text = f"target {self.name}: {self.value} ({self.bar}) {verdict}"
+        return f"{text}; {self.detail}" if self.detail else text

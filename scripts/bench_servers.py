@@ -1,0 +1,164 @@
+"""The servers under test: how the benchmark starts one, and asks it where a feed stands.
+
+scripts/bench.py and its scenarios (bench_connect, bench_storm, bench_crowd) start every
+server through server_process(): the Python floor (scripts/floor_server.py) or
+`livepush serve`, on a free loopback port, pinned to the server core unless told
+otherwise, stopped in any case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from benchkit import (
+    FEED,
+    ROOT,
+    TOKEN,
+    Child,
+    HttpConnection,
+    free_port,
+    log_file,
+    process_tree,
+    spawned,
+    tree_cpu_exact,
+    wait_for_port,
+)
+
+FLOOR = ROOT / "scripts" / "floor_server.py"
+VENV_BIN = ROOT / ".venv" / "bin"
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    server: str  # "floor" or "livepush"
+    workers: int = 1
+    deflate: bool = False  # the clients offer permessage-deflate
+    server_flags: tuple[str, ...] = ()
+    feeds: int = 0  # 0: one feed; N: subscribers and entries spread over N feeds
+    cluster: bool = False  # on a three-primary Redis Cluster instead of one redis-server
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(" ", "-")
+
+
+FLOOR_VARIANT = Variant("floor", "floor")
+LIVEPUSH_VARIANT = Variant("livepush", "livepush")
+
+
+@functools.cache
+def livepush_flags() -> str:
+    """`livepush serve --help`, to pass only the flags this version knows."""
+    argv = [str(VENV_BIN / "livepush"), "serve", "--help"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    variant: Variant,
+    redis_url: str,
+    name: str,
+    ping_interval: float | None = None,
+    cores: str | None = str(SERVER_CORE),
+) -> AsyncIterator[tuple[Child, int]]:
+    """Start one server, pinned to `cores` (None: wherever the kernel puts it); yield it
+    once it accepts connections (livepush: once /readyz answers 200)."""
+    port = free_port()
+    env = dict(os.environ)
+    if ping_interval is not None:
+        env["LIVEPUSH_PING_INTERVAL"] = str(ping_interval)
+    if variant.server == "floor":
+        argv = [str(VENV_BIN / "python"), str(FLOOR), "--port", str(port)]
+        argv += ["--redis-url", redis_url, "--feed", FEED]
+    else:
+        argv = [str(VENV_BIN / "livepush"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--redis-url", redis_url]
+        flags = livepush_flags()
+        env["LIVEPUSH_PUBLISH_TOKENS"] = TOKEN
+        env["LIVEPUSH_PUBLISH_RATE"] = "0"  # the harness paces itself
+        env["LIVEPUSH_LOG_LEVEL"] = "warning"
+        if "--publish-token" in flags:
+            argv += ["--publish-token", TOKEN]
+        if "--no-demo" in flags:
+            argv.append("--no-demo")
+        if variant.workers > 1:
+            argv += ["--workers", str(variant.workers)]
+        argv += variant.server_flags
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        # The harness itself is pinned to the load core and its children inherit that:
+        # a server meant to run anywhere is given every core back.
+        every = f"0-{(os.cpu_count() or 1) - 1}"
+        argv = ["taskset", "-c", cores or every, *argv]
+    with log_file(name) as log:
+        async with spawned(name, argv, stdout=log, stderr=log, env=env) as child:
+            await wait_for_port(port, child, 60)
+            if variant.server == "livepush":
+                await wait_ready(port, child)
+            yield child, port
+
+
+async def wait_ready(port: int, child: Child) -> None:
+    """Until /readyz answers 200 (the broker is reachable), at most 60 s."""
+    connection = HttpConnection(port)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if child.proc.returncode is not None:
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+                status, _ = await asyncio.wait_for(connection.request("GET", "/readyz"), 5)
+                if status == 200:
+                    return
+            connection.close()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{child.name}: /readyz not 200 within 60 s")
+    finally:
+        connection.close()
+
+
+async def feed_position(port: int, feed: str) -> tuple[str, int]:
+    """A livepush feed's epoch and head seq (`GET /v1/feeds/{feed}`: one history read)."""
+    connection = HttpConnection(port)
+    try:
+        status, body = await asyncio.wait_for(connection.request("GET", f"/v1/feeds/{feed}"), 10)
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"GET /v1/feeds/{feed} answered {status}: {body[:200]!r}")
+    info = orjson.loads(body)
+    return str(info["epoch"]), int(info["head_seq"])
+
+
+async def wait_idle(pid: int, within: float = 15.0, busy_pct: float = 5.0) -> float:
+    """Until a server's process tree uses under busy_pct % of a core for 0.5 s (closing
+    the sockets of a finished phase, collecting garbage), at most `within` s; returns
+    the seconds waited. Without it the next phase would pay for the last one's ends."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        before = tree_cpu_exact(pid)
+        await asyncio.sleep(0.5)
+        after = tree_cpu_exact(pid)
+        if before is None or after is None or (after - before) / 0.5 * 100 < busy_pct:
+            break
+    return time.monotonic() - started
+
+
+def open_files(pid: int) -> list[int]:
+    """Open descriptors of each process of a server's tree (its workers), largest first."""
+    counts = []
+    for proc in process_tree(pid):
+        with contextlib.suppress(OSError):
+            counts.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+    return sorted(counts, reverse=True)

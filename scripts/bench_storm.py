@@ -1,0 +1,411 @@
+"""The reconnect storm: a killed node's readers come back to this one at once, each behind.
+
+One livepush node (one worker, on the server core) on its own redis-server:
+
+1. Calm: --storm-calm subscribers on feed `bench` get --rate entries/s; their p99
+   over --storm-calm-seconds is the calm p99. They stay, and the entries keep coming
+   through every later step (each step's window is at least 1 s).
+2. Per round (--storm-rounds), a fresh feed `storm-N` gets --storm-head entries (H)
+   that the node does not watch: its readers were on the node that died.
+3. Plain connects, the yardstick: --storm-clients clients connect to feed `plain-N`
+   with no `since`, over --storm-loadgens loadgen processes; the time until all are
+   subscribed. Then they close, and the node goes idle. Like the storm's, these
+   clients offer permessage-deflate unless --no-storm-deflate, as browsers and phones
+   do (livepush compresses each event once for all of them).
+4. The storm: as many clients connect at once with `?feed=storm-N&since=H-B&epoch=E`
+   (B = --storm-behind). Each must get exactly seqs H-B+1..H (its first event is
+   checked to be since+1: no loss, no duplicate); the time runs from the first
+   connect() to the moment the last client holds seq H. The calm subscribers' p99
+   over the storm is measured against their calm p99.
+5. Redis history reads during the storm, from `INFO commandstats` before and after:
+   history.lua runs HSETNX once and XRANGE once (the feed's first seq), plus one more
+   XRANGE when it reads events; publish.lua runs HSETNX once (and XRANGE only for an
+   Idempotency-Key replay, which the harness never sends). So
+       history runs = HSETNX calls - publishes meanwhile
+       event reads  = XRANGE calls - history runs
+   and reads per (feed, 64-position block) = event reads / blocks the clients' since
+   fall in (one: they share their since). The first joiner's watch adds one history
+   run without events (the feed's position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from math import inf
+from typing import Any, TypeVar
+
+from bench_servers import LIVEPUSH_VARIANT, feed_position, server_process, wait_idle
+from benchkit import (
+    LivepushPublisher,
+    Loadgen,
+    PublishResult,
+    Resume,
+    Target,
+    body_for_size,
+    connect_all,
+    loadgens,
+    merged_hist,
+    percentile_ms,
+    publish_paced,
+    publishing_during,
+    redis_calls,
+    redis_server,
+    reports_for,
+    tree_cpu_exact,
+    wait_for_quiet,
+)
+
+T = TypeVar("T")
+READ_BLOCK = 64  # livepush/hub.py READ_BLOCK: joiners share a read per block of positions
+CATCH_UP_BAR, CALM_BAR, READS_BAR = 1.5, 2.0, 1.0
+
+
+@dataclass
+class Calm:
+    """What the calm subscribers saw while something else happened."""
+
+    entries: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    lost: int
+    dups: int
+    gaps: int
+
+    @staticmethod
+    def of(published: PublishResult, reports: list[dict[str, Any]]) -> Calm:
+        hist = merged_hist(reports)
+        return Calm(
+            len(published.seqs),
+            percentile_ms(hist, 0.50),
+            percentile_ms(hist, 0.99),
+            max((r["latency_ms"]["max"] for r in reports), default=0.0),
+            sum(r["lost"] for r in reports),
+            sum(r["dups"] for r in reports),
+            sum(r["gaps"] for r in reports),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.entries} entries, p50 {self.p50_ms:.1f} p99 {self.p99_ms:.1f} max "
+            f"{self.max_ms:.1f} ms, lost {self.lost} dups {self.dups} gaps {self.gaps}"
+        )
+
+
+@dataclass
+class StormRound:
+    head: int
+    since: int
+    clients: int
+    plain_seconds: float
+    plain_subscribed: int
+    plain_failed: int
+    plain_server_cpu: float
+    calm_plain: Calm
+    seconds: float  # first connect() to the last client holding the head
+    caught_up: int
+    subscribed: int
+    failed: int
+    closed: int
+    unique: int
+    expected: int
+    lost: int
+    dups: int
+    gaps: int
+    resets: int
+    behind: int
+    server_cpu: float
+    calm: Calm
+    publishes: int  # calm entries published while the counts were taken
+    publish_errors: int
+    redis: dict[str, int]  # command calls during the storm
+    blocks: int
+
+    @property
+    def exact(self) -> bool:
+        return (
+            self.caught_up == self.clients
+            and self.subscribed == self.clients
+            and self.unique == self.expected == self.clients * (self.head - self.since)
+            and not (self.failed or self.closed or self.lost or self.dups or self.gaps)
+            and not (self.resets or self.behind)
+        )
+
+    @property
+    def history_runs(self) -> int:
+        return self.redis.get("hsetnx", 0) - self.publishes
+
+    @property
+    def event_reads(self) -> int:
+        return self.redis.get("xrange", 0) - self.history_runs
+
+    def describe(self) -> str:
+        return (
+            f"storm: {self.caught_up}/{self.clients} caught up (seqs {self.since + 1}.."
+            f"{self.head}) in {self.seconds:.3f} s vs {self.plain_subscribed} plain connects "
+            f"in {self.plain_seconds:.3f} s ({self.seconds / self.plain_seconds:.2f}x); "
+            f"unique {self.unique}/{self.expected} lost {self.lost} dups {self.dups} gaps "
+            f"{self.gaps} resets {self.resets} failed {self.failed} closed {self.closed}; "
+            f"server CPU {self.server_cpu:.2f} s (plain {self.plain_server_cpu:.2f} s); "
+            f"Redis: EVALSHA {self.redis.get('evalsha', 0)}, HSETNX "
+            f"{self.redis.get('hsetnx', 0)}, XRANGE {self.redis.get('xrange', 0)}, publishes "
+            f"{self.publishes} -> {self.history_runs} history runs, {self.event_reads} "
+            f"event reads; calm during: {self.calm.describe()}; calm during plain: "
+            f"{self.calm_plain.describe()}"
+        )
+
+
+@dataclass
+class StormResult:
+    clients: int
+    calm_subscribers: int
+    deflate: bool
+    calm: Calm | None = None
+    rounds: list[StormRound] = field(default_factory=list)
+    error: str = ""
+
+    def targets(self) -> list[Target]:
+        names = ("storm exact catch-up", "storm catch-up time", "storm calm p99")
+        if not self.rounds or self.calm is None:
+            why = self.error or "not run"
+            return [Target(name, "not measured", "-", None, why) for name in (*names, "reads")]
+        rounds = self.rounds
+        exact = all(r.exact for r in rounds)
+        ratios = [r.seconds / r.plain_seconds if r.plain_seconds > 0 else inf for r in rounds]
+        ratio = statistics.median(ratios)
+        calm = self.calm.p99_ms
+        calm_ratio = statistics.median(r.calm.p99_ms / calm if calm else inf for r in rounds)
+        reads = max(r.event_reads / max(r.blocks, 1) for r in rounds)
+        each = ", ".join(f"{x:.2f}x" for x in ratios)
+        last = rounds[-1]
+        return [
+            Target(
+                names[0],
+                f"{sum(r.caught_up for r in rounds):,} of {sum(r.clients for r in rounds):,} "
+                "clients got every seq after their since exactly once",
+                "all, no loss, no duplicate",
+                exact,
+                "; ".join(
+                    f"round {i + 1}: lost {r.lost} dups {r.dups} gaps {r.gaps} resets "
+                    f"{r.resets} failed {r.failed} closed {r.closed} behind {r.behind}"
+                    for i, r in enumerate(rounds)
+                ),
+            ),
+            Target(
+                names[1],
+                f"{ratio:.2f}x plain connects",
+                f"<= {CATCH_UP_BAR:g}x",
+                ratio <= CATCH_UP_BAR and exact,
+                f"median of {len(rounds)} rounds ({each}); clients "
+                + ("offering permessage-deflate" if self.deflate else "without deflate")
+                + "; last round: the last of "
+                f"{last.clients:,} clients {last.head - last.since} entries behind held the "
+                f"head {last.seconds:.2f} s after the first connect, {last.clients:,} plain "
+                f"connects took {last.plain_seconds:.2f} s; server CPU {last.server_cpu:.2f} "
+                f"vs {last.plain_server_cpu:.2f} s",
+            ),
+            Target(
+                names[2],
+                f"{calm_ratio:.2f}x calm p99",
+                f"<= {CALM_BAR:g}x",
+                calm_ratio <= CALM_BAR,
+                f"{self.calm_subscribers:,} subscribers at 10 entries/s: p99 "
+                + ", ".join(f"{r.calm.p99_ms:.1f}" for r in rounds)
+                + f" ms during the storms vs {self.calm.p99_ms:.1f} ms calm",
+            ),
+            Target(
+                "storm history reads",
+                f"{reads:g} per (feed, {READ_BLOCK}-position block)",
+                f"<= {READS_BAR:g}",
+                reads <= READS_BAR,
+                "Redis INFO commandstats over the storm: "
+                + "; ".join(
+                    f"round {i + 1}: EVALSHA {r.redis.get('evalsha', 0)}, HSETNX "
+                    f"{r.redis.get('hsetnx', 0)}, XRANGE {r.redis.get('xrange', 0)}, "
+                    f"{r.publishes} publishes ({r.publish_errors} failed) -> "
+                    f"{r.history_runs} history.lua runs, {r.event_reads} reading events"
+                    for i, r in enumerate(rounds)
+                ),
+            ),
+        ]
+
+
+async def storm_catch_up(
+    group: list[Loadgen], first: int, last: int, within: float
+) -> list[dict[str, Any]]:
+    """Every storm loadgen connects at once; their reports once all hold `last`."""
+    for lg in group:
+        await lg.send("connect")
+    return await reports_for(group, first, last, within)
+
+
+async def storm_round(
+    number: int,
+    port: int,
+    redis_port: int,
+    server_pid: int,
+    calm: list[Loadgen],
+    publisher: LivepushPublisher,
+    args: argparse.Namespace,
+) -> StormRound:
+    body = body_for_size(args.entry_size)
+    feed = f"storm-{number}"
+    history = LivepushPublisher(port, args.publishers, feed=feed)
+    try:
+        await publish_paced(history, 500, args.storm_head, body, args.publishers)
+    finally:
+        await history.aclose()
+    epoch, head = await feed_position(port, feed)
+    since = head - args.storm_behind
+
+    def during(what: Awaitable[T]) -> Awaitable[tuple[T, PublishResult, list[dict[str, Any]]]]:
+        return publishing_during(
+            calm,
+            publisher,
+            args.rate,
+            body,
+            args.publishers,
+            what,
+            at_least=1.0,
+            at_most=args.storm_timeout + 30,
+            drain=args.drain,
+        )
+
+    n, processes = args.storm_clients, args.storm_loadgens
+    await wait_idle(server_pid)
+    await wait_for_quiet(args.quiet_wait, args.max_foreign)
+    async with loadgens(
+        port,
+        n,
+        f"storm-plain-{number}",
+        args.storm_deflate,
+        "path",
+        args.deadline,
+        feed=f"plain-{number}",
+        processes=processes,
+    ) as plain:
+        cpu_before = tree_cpu_exact(server_pid) or 0.0
+        connected, published, reports = await during(connect_all(plain, args.storm_timeout))
+        plain_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
+    calm_plain = Calm.of(published, reports)
+    await wait_idle(server_pid)
+    await wait_for_quiet(args.quiet_wait, args.max_foreign)
+    resume = Resume(since, epoch, head)
+    async with loadgens(
+        port,
+        n,
+        f"storm-{number}",
+        args.storm_deflate,
+        "path",
+        args.deadline,
+        feed=feed,
+        resume=resume,
+        processes=processes,
+    ) as storm:
+        before = await redis_calls(redis_port)
+        cpu_before = tree_cpu_exact(server_pid) or 0.0
+        caught, published, reports = await during(
+            storm_catch_up(storm, since + 1, head, args.storm_timeout)
+        )
+        storm_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
+        after = await redis_calls(redis_port)
+    wanted = ("evalsha", "hsetnx", "xrange", "eval")
+    starts = [r["connect_start"] for r in caught]
+    ends = [r["last_caught_up_at"] for r in caught]
+    done = sum(r["caught_up"] for r in caught)
+    seconds = max(ends) - min(starts) if done else float("inf")
+
+    def total(key: str) -> int:
+        return int(sum(r[key] for r in caught))
+
+    return StormRound(
+        head=head,
+        since=since,
+        clients=n,
+        plain_seconds=float(connected["seconds"]),
+        plain_subscribed=int(connected["subscribed"]),
+        plain_failed=int(connected["failed"]),
+        plain_server_cpu=plain_cpu,
+        calm_plain=calm_plain,
+        seconds=seconds if done == n else max(seconds, args.storm_timeout),
+        caught_up=done,
+        subscribed=total("subscribed"),
+        failed=total("failed"),
+        closed=total("closed"),
+        unique=total("unique"),
+        expected=total("expected"),
+        lost=total("lost"),
+        dups=total("dups"),
+        gaps=total("gaps"),
+        resets=total("resets"),
+        behind=total("behind"),
+        server_cpu=storm_cpu,
+        calm=Calm.of(published, reports),
+        publishes=len(published.seqs) + published.errors,
+        publish_errors=published.errors,
+        redis={name: after[name] - before[name] for name in wanted},
+        blocks=1,  # every client has the same since
+    )
+
+
+async def run_storm(args: argparse.Namespace) -> StormResult:
+    result = StormResult(args.storm_clients, args.storm_calm, args.storm_deflate)
+    body = body_for_size(args.entry_size)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            redis_port = await stack.enter_async_context(redis_server("storm-redis"))
+            server, port = await stack.enter_async_context(
+                server_process(LIVEPUSH_VARIANT, f"redis://127.0.0.1:{redis_port}/0", "storm")
+            )
+            publisher = LivepushPublisher(port, args.publishers)
+            stack.push_async_callback(publisher.aclose)
+            calm = await stack.enter_async_context(
+                loadgens(port, args.storm_calm, "storm-calm", False, "path", args.deadline)
+            )
+            await connect_all(calm, 120)
+            calm_window = publishing_during(
+                calm,
+                publisher,
+                args.rate,
+                body,
+                args.publishers,
+                asyncio.sleep(1.0),
+                at_least=1.0,
+                at_most=2.0,
+                drain=args.drain,
+            )
+            await calm_window  # warm-up: lazy imports, first allocations
+            await wait_for_quiet(args.quiet_wait, args.max_foreign)
+            _, published, reports = await publishing_during(
+                calm,
+                publisher,
+                args.rate,
+                body,
+                args.publishers,
+                asyncio.sleep(args.storm_calm_seconds),
+                at_least=args.storm_calm_seconds,
+                at_most=args.storm_calm_seconds + 1,
+                drain=args.drain,
+            )
+            result.calm = Calm.of(published, reports)
+            say(f"storm calm: {result.calm.describe()}")
+            for number in range(1, args.storm_rounds + 1):
+                done = await storm_round(
+                    number, port, redis_port, server.pid, calm, publisher, args
+                )
+                result.rounds.append(done)
+                say(f"storm round {number}: {done.describe()}")
+    except (RuntimeError, TimeoutError, OSError, ValueError) as error:
+        result.error = f"failed: {error}"
+        say(f"storm scenario {result.error}")
+    return result
+
+
+def say(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
