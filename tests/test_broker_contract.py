@@ -696,6 +696,18 @@ async def test_purge_rewrites_history_and_drops_the_text_everywhere(
         await broker.publish(FEED, purging(secret_id))
 
 
+async def test_a_purged_entrys_idempotent_retry_gets_its_seq_but_not_its_text(
+    broker: Broker,
+) -> None:
+    first = await broker.publish(FEED, created("the secret"), idempotency_key="k-1")
+    await broker.publish(FEED, purging(entry_of(first)["id"]))
+    retry = await broker.publish(FEED, created("the secret"), idempotency_key="k-1")
+    assert retry.duplicate
+    assert retry.position == first.position
+    assert retry.entry is None
+    assert (await broker.history(FEED, 0, 0)).head_seq == 2
+
+
 async def test_a_retracted_entry_can_be_purged(broker: Broker) -> None:
     first = await broker.publish(FEED, created("retracted text"))
     await broker.publish(FEED, deleted(entry_of(first)["id"]))

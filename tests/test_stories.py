@@ -450,3 +450,16 @@ def test_unknown_entries_have_no_revisions_and_cannot_be_purged(desk: Server) ->
         error = refused(office.call("POST", f"{path}/purge", body), 422, "invalid")
         assert field in error["fields"]
     assert history(desk, feed)["head_seq"] == 0
+
+
+def test_a_retry_of_a_purged_entrys_publish_returns_no_text(desk: Server) -> None:
+    feed = unique("purge-retry")
+    office = Desk(desk)
+    body = {"body": "SECRET-TEXT"}
+    first = office.call("POST", f"/v1/feeds/{feed}/entries", body, **{"Idempotency-Key": "k1"})
+    assert first.status_code == 201
+    office.ok("POST", f"/v1/feeds/{feed}/entries/{first.json()['id']}/purge", {"reason": "x"})
+    retry = office.call("POST", f"/v1/feeds/{feed}/entries", body, **{"Idempotency-Key": "k1"})
+    refused(retry, 404, "not_found")
+    assert b"SECRET" not in retry.content
+    assert history(desk, feed)["head_seq"] == 2  # nothing published again

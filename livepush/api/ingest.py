@@ -100,6 +100,8 @@ async def create_entry(request: Request) -> Response:
     if not published.duplicate:
         runtime.published += 1
         audit(token, Action.PUBLISH, feed, entry_id, published.position.seq)
+    if published.duplicate and published.entry is None:
+        raise NotFound("the entry this Idempotency-Key published has been purged")
     headers = {"Idempotency-Replayed": "true"} if published.duplicate else None
     return _json(published.entry or b"{}", 201, headers)
 

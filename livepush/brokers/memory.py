@@ -203,14 +203,20 @@ class MemoryBroker:
         return About(state.epoch, state.head, state.meta)
 
     def _purge(self, state: _Feed, entry_id: str, record: bytes) -> None:
-        """Take the entry's text out of history, its entry and its revisions; keep the
-        audit record. Costs O(history) for the rewrite, O(entries) for the order."""
+        """Take the entry's text out of history, its entry, its revisions and the answer
+        its Idempotency-Key replays; keep the audit record. Costs O(history) for the
+        rewrite, O(entries) for the order, O(keys remembered) for the answers."""
         state.history.rewrite(lambda event: purged_event(event, entry_id))
         del state.entries[entry_id]
         state.order.remove(entry_id)
         trail = state.revisions.get(entry_id, [])
         trail[:] = [scrubbed(stored) for stored in trail]
         state.purges[entry_id] = record
+        # A retry of its creation (its Idempotency-Key) gets its seq, not its text.
+        head = b'{"id":"%s"' % entry_id.encode()
+        for key, (expires, published) in state.idempotency.items():
+            if published.entry is not None and published.entry.startswith(head):
+                state.idempotency[key] = (expires, Published(published.position, None))
 
     async def revisions(self, feed: str, entry_id: str) -> Revisions | None:
         state = self._feed(feed)

@@ -2,7 +2,8 @@
 -- One script, so history and the live stream can never disagree and two nodes can
 -- never hand out the same seq. Every key is in the feed's hash slot ({feed}).
 -- KEYS: meta, log, entries, live, pinned, idempotency, channel, schedule, scheduled,
---       revisions (the entry's), purges, log rewrite (a scratch key)
+--       revisions (the entry's), purges, log rewrite (a scratch key), idempotency keys
+--       (entry id -> the key its creation's answer is remembered under)
 -- ARGV: epoch candidate, type, entry id, feed, pinned (0/1), history size,
 --       expected entry JSON ('' for none; for feed.updated the metadata it must still
 --       be), idempotency ttl ('' for no key), publish command, accepted (Unix µs),
@@ -22,6 +23,7 @@
 local meta, log, entries, live, pinned, idem, channel =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local schedule, scheduled, revisions, purges, rewrite = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local remembered = KEYS[13]
 local kind, id, feed, pin, size = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local expected, ttl, publish = ARGV[7], ARGV[8], ARGV[9]
 local accepted, defer = ARGV[10], ARGV[11] == '1'
@@ -152,6 +154,13 @@ elseif kind == 'entry.deleted' then
       redis.call('RPUSH', revisions, string.match(stored, '^[^\n]*\n[^\n]*\n'))
     end
     redis.call('HSET', purges, id, seq .. '\n' .. purge)
+    -- A retry of the entry's creation (its Idempotency-Key) gets its seq, not its text.
+    local answer = redis.call('HGET', remembered, id)
+    if answer and redis.call('EXISTS', answer) == 1 then
+      local prior = redis.call('GET', answer)
+      redis.call('SET', answer, string.match(prior, '^[^\n]*\n'), 'KEEPTTL')
+    end
+    redis.call('HDEL', remembered, id)
   end
 else
   redis.call('HSET', entries, id, entry)
@@ -171,5 +180,8 @@ if not defer then
   message = ''  -- published: nothing for the caller to publish after WAIT
 end
 local result = epoch .. ' ' .. seq .. '\n' .. entry
-if ttl ~= '' then redis.call('SET', idem, result, 'EX', tonumber(ttl)) end
+if ttl ~= '' then
+  redis.call('SET', idem, result, 'EX', tonumber(ttl))
+  if kind == 'entry.created' then redis.call('HSET', remembered, id, idem) end
+end
 return {'ok', result, message, renewed}

@@ -182,6 +182,7 @@ class RedisBroker:
             key(feed, "revisions:" + change.entry_id),
             key(feed, "purges"),
             key(feed, "log:rewrite"),
+            key(feed, "idem-of"),
         ]
         args: list[str | bytes | int] = [
             new_epoch(),
