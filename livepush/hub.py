@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from livepush.brokers.base import Broker, Receipt
 from livepush.errors import BrokerUnavailable
@@ -31,6 +29,8 @@ from livepush.feed import (
     sse_control,
 )
 from livepush.model import CloseCode, Event, History
+from livepush.receipts import Receipts
+from livepush.tasks import Tasks
 from livepush.timing import FanoutTimings
 
 __all__ = [
@@ -49,7 +49,6 @@ log = logging.getLogger("livepush.hub")
 # A feed nobody subscribes to any more stays watched this long: a reconnecting
 # reader (or a reconnect storm) finds it synced and resumes from memory.
 RETIRE_AFTER = 10.0
-RECEIPT_FLUSH_SECONDS = 0.1
 # A paused subscription (its socket holds more than a quarter of --max-buffer) is
 # checked this often for having drained; one stalled longer than STALL_SECONDS is cut.
 PAUSE_POLL_SECONDS = 0.05
@@ -76,10 +75,12 @@ class Hub:
 
     deliver() never awaits: the feed decides who gets each event (feed.py), and the
     hub writes one pre-encoded frame per format to every one of them. A subscription
-    whose socket holds more than `max_buffer` unsent bytes is closed with 1013 (it
-    resumes from its last seq). There is no backpressure and no per-subscriber
-    queue: the kernel's socket buffer plus `max_buffer` is all the memory a slow
-    reader can cost.
+    whose socket holds more than a quarter of `max_buffer` unsent bytes is paused (no
+    live frame is written to it) and caught up when it drains; it is closed with 1013
+    (it resumes from its last seq) once its unsent bytes and what it missed pass
+    `max_buffer`, or after STALL_SECONDS. There is no backpressure and no
+    per-subscriber queue: the kernel's socket buffer plus `max_buffer` is all the
+    memory a slow reader can cost.
     """
 
     def __init__(self, broker: Broker, *, max_buffer: int = 1 << 20) -> None:
@@ -87,15 +88,12 @@ class Hub:
         self.max_buffer = max_buffer
         self.feeds: dict[str, Feed] = {}
         self._watches: dict[Feed, _Watch] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._receipts: list[tuple[str, int, int, float]] = []
+        self.tasks = Tasks("hub")
+        self.spawn = self.tasks.spawn
+        self.receipts = Receipts(broker, self.tasks)
         self._inbox: dict[Feed, list[Event]] = {}  # live events of this loop turn
         self._reads: dict[tuple[str, int | None], asyncio.Task[History]] = {}  # joins' reads
-        # Feeds with paused subscriptions, and when this shell first saw each paused.
-        self._paused: dict[Feed, dict[Subscription, float]] = {}
-        self._resuming: set[Subscription] = set()  # reading history to catch up
-        self._pause_timer: asyncio.TimerHandle | None = None
-        self._flusher: asyncio.TimerHandle | None = None
+        self.pauses = _Pauses(self)
         # Counters read by /metrics at scrape time; nothing else on the hot path.
         self.events_received = 0
         self.deliveries = 0
@@ -281,12 +279,8 @@ class Hub:
                 self._cut(action.sub, action.reason)
             elif isinstance(action, Idle):
                 self._retire_later(state)
-        if state.paused and state not in self._paused:
-            self._paused[state] = {}
-            if self._pause_timer is None:
-                self._pause_timer = asyncio.get_running_loop().call_later(
-                    PAUSE_POLL_SECONDS, self._check_paused
-                )
+        if state.paused:
+            self.pauses.watch(state)
         self._drive(state)
 
     def _fanout(self, state: Feed, fanout: Fanout) -> None:
@@ -309,13 +303,7 @@ class Hub:
             seconds = time.perf_counter() - started
             self.timings.observe(seconds, state.recent, fanout.first, fanout.last)
             # Editors' figures: a socket that had part of the run counts for each event.
-            self._receipts.extend(
-                (state.name, seq, delivered, seconds)
-                for seq in range(fanout.first, fanout.last + 1)
-            )
-            if self._flusher is None:
-                loop = asyncio.get_running_loop()
-                self._flusher = loop.call_later(RECEIPT_FLUSH_SECONDS, self._flush_receipts)
+            self.receipts.record(state.name, fanout.first, fanout.last, delivered, seconds)
 
     def _cut(self, sub: Subscription, reason: Cut) -> None:
         if reason is Cut.SLOW:
@@ -323,50 +311,6 @@ class Hub:
         else:
             self.hole_closed += 1
         sub.conn.close(CloseCode.TRY_AGAIN_LATER)
-
-    # Paused subscriptions
-
-    def _check_paused(self) -> None:
-        """Resume the paused subscriptions whose sockets drained; cut those stalled past
-        STALL_SECONDS. One timer for the node, running only while any is paused."""
-        self._pause_timer = None
-        now = asyncio.get_running_loop().time()
-        for state, since in list(self._paused.items()):
-            if self.feeds.get(state.name) is not state:
-                del self._paused[state]
-                continue
-            for sub in [sub for sub in since if sub not in state.paused]:
-                del since[sub]  # resumed or cut meanwhile
-            for sub in list(state.paused):
-                if sub in self._resuming:
-                    continue
-                started = since.setdefault(sub, now)
-                if sub.buffered() <= state.resume_at:
-                    del since[sub]
-                    actions, request = state.resume(sub)
-                    self._perform(state, actions)
-                    if request is not None:
-                        self._resuming.add(sub)
-                        self.spawn(self._resume_from_history(state, sub, request.after))
-                elif now - started > STALL_SECONDS:
-                    del since[sub]
-                    self._perform(state, state.drop(sub, Cut.SLOW))
-            if not state.paused:
-                del self._paused[state]
-        if self._paused:
-            loop = asyncio.get_running_loop()
-            self._pause_timer = loop.call_later(PAUSE_POLL_SECONDS, self._check_paused)
-
-    async def _resume_from_history(self, state: Feed, sub: Subscription, after: int) -> None:
-        try:
-            history = await self._read_for_join(state.name, after)
-        except BrokerUnavailable:
-            self._perform(state, state.drop(sub, Cut.SLOW))  # it resumes by reconnecting
-            return
-        finally:
-            self._resuming.discard(sub)
-        if self.feeds.get(state.name) is state:
-            self._perform(state, state.resume_history(sub, history))
 
     # Watching feeds
 
@@ -468,37 +412,7 @@ class Hub:
             del self.feeds[state.name]
         self._watches.pop(state, None)
 
-    # Receipts
-
-    def _flush_receipts(self) -> None:
-        self._flusher = None
-        batch, self._receipts = self._receipts, []
-        self.spawn(self._report(batch))
-
-    async def _report(self, batch: list[tuple[str, int, int, float]]) -> None:
-        for feed, seq, delivered, seconds in batch:
-            try:
-                await self.broker.report(feed, seq, delivered, seconds * 1000)
-            except BrokerUnavailable:
-                return  # figures for editors only: losing them loses no entry
-
     # Life cycle
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run `coro` as a task the hub owns: cancelled and awaited by aclose()."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        # A broker outage reaches whoever awaits the task (a shared read's joiners).
-        if error is not None and not isinstance(error, BrokerUnavailable):
-            log.error("hub task failed", exc_info=error)
 
     def close_all(self, code: CloseCode) -> None:
         """Close every subscribed connection with `code` (drain, restart)."""
@@ -507,13 +421,73 @@ class Hub:
                 sub.conn.close(code)
 
     async def aclose(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-        if self._pause_timer is not None:
-            self._pause_timer.cancel()
+        self.receipts.cancel()
+        self.pauses.cancel()
         for watch in self._watches.values():
             if watch.retire is not None:
                 watch.retire.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.aclose()
+
+
+class _Pauses:
+    """The hub's paused subscriptions: one timer, running only while any is paused,
+    resumes those whose sockets drained and cuts those stalled past STALL_SECONDS."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        # Feeds with paused subscriptions, and when the timer first saw each paused.
+        self._paused: dict[Feed, dict[Subscription, float]] = {}
+        self._resuming: set[Subscription] = set()  # reading history to catch up
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, state: Feed) -> None:
+        if state not in self._paused:
+            self._paused[state] = {}
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(PAUSE_POLL_SECONDS, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        hub = self.hub
+        now = asyncio.get_running_loop().time()
+        for state, since in list(self._paused.items()):
+            if hub.feeds.get(state.name) is not state:
+                del self._paused[state]
+                continue
+            for sub in [sub for sub in since if sub not in state.paused]:
+                del since[sub]  # resumed or cut meanwhile
+            for sub in list(state.paused):
+                if sub in self._resuming:
+                    continue
+                started = since.setdefault(sub, now)
+                if sub.buffered() <= state.resume_at:
+                    del since[sub]
+                    actions, request = state.resume(sub)
+                    hub._perform(state, actions)
+                    if request is not None:
+                        self._resuming.add(sub)
+                        hub.spawn(self._resume_from_history(state, sub, request.after))
+                elif now - started > STALL_SECONDS:
+                    del since[sub]
+                    hub._perform(state, state.drop(sub, Cut.SLOW))
+            if not state.paused:
+                del self._paused[state]
+        if self._paused:
+            self._timer = asyncio.get_running_loop().call_later(PAUSE_POLL_SECONDS, self._check)
+
+    async def _resume_from_history(self, state: Feed, sub: Subscription, after: int) -> None:
+        hub = self.hub
+        try:
+            history = await hub._read_for_join(state.name, after)
+        except BrokerUnavailable:
+            hub._perform(state, state.drop(sub, Cut.SLOW))  # it resumes by reconnecting
+            return
+        finally:
+            self._resuming.discard(sub)
+        if hub.feeds.get(state.name) is state:
+            hub._perform(state, state.resume_history(sub, history))
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
