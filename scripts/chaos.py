@@ -14,11 +14,15 @@ What runs, all on 127.0.0.1 and free ports, in a temp directory removed at the e
   end, with full-jitter backoff; a reset reloads the snapshot; a hole resubscribes;
 - --publishers publishing --rate entries/s in all, each entry retried with the same
   Idempotency-Key on any node until a 2xx;
-- faults, one at a time, from a schedule drawn from --seed that holds every kind at
-  least once (before any second of a kind), then more at random: a node SIGKILLed or
-  SIGTERMed (and started again seconds later), a node restarted, Redis `kill -9`ed and
-  started again, `CLIENT KILL TYPE pubsub`, Redis SIGSTOPped for a few seconds, and
-  readers' sockets aborted.
+- faults from a schedule drawn from --seed that holds every kind at least once
+  (before any second of a kind), then more at random: a node SIGKILLed or SIGTERMed
+  (and started again seconds later), a node restarted, Redis `kill -9`ed and started
+  again, Redis SIGSTOPped for a few seconds (these one at a time), and on a track of
+  their own, landing during the others, `CLIENT KILL TYPE pubsub` and readers'
+  sockets aborted.
+
+With --no-persistence Redis keeps no data: each kill loses history, and every reader
+must be told with a reset to a new epoch.
 
 Then it quiesces: no new fault (the current one is undone), every process up, the
 publishers finish what they started, and every reader gets a bounded time to reach
@@ -55,13 +59,12 @@ import httpx
 import orjson
 import uvloop
 from chaos_record import Accepted, FeedEnd, Ledger, Record, Verdict, verdict
+from chaos_traffic import Follower, Publisher
 from chaoskit import (
     DRAIN_SECONDS,
     HTTP_ERRORS,
-    Follower,
     Node,
     Proc,
-    Publisher,
     Redis1,
     RedisCluster,
     cluster_unavailable,

@@ -1,0 +1,362 @@
+"""The chaos soak's traffic: readers that follow a feed as livepush.js does, and
+publishers that retry each entry with its Idempotency-Key until a 2xx.
+
+Both run in the soak's own process (scripts/chaos.py); what the readers saw is judged
+by scripts/chaos_record.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+from chaos_record import Accepted, Record
+from chaoskit import HOST, HTTP_ERRORS, TOKEN, Node, backoff, sleep_unless
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from livepush.cursor import Action, Event, Refused, Step
+
+HTTP_TIMEOUT = 5.0  # seconds for a publish or a snapshot
+OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
+SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
+SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
+
+
+# ---------------------------------------------------------------- followers
+
+
+class SseEnded(Exception):
+    """The event stream ended or could not start."""
+
+
+def sse_blocks(buffer: bytearray) -> Iterator[tuple[str, bytes, str | None]]:
+    """Take every complete SSE block out of `buffer`: (event, data, id); comments skipped."""
+    while (end := buffer.find(b"\n\n")) >= 0:
+        block = bytes(buffer[:end])
+        del buffer[: end + 2]
+        event, data, last_id = "message", [], None
+        for line in block.split(b"\n"):
+            if not line or line.startswith(b":"):
+                continue
+            name, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if name == b"event":
+                event = value.decode()
+            elif name == b"data":
+                data.append(value)
+            elif name == b"id":
+                last_id = value.decode()
+        if data:
+            yield event, b"\n".join(data), last_id
+
+
+class Follower:
+    """One reader, following one feed the way livepush.js does, on a random node each time.
+
+    It keeps its last seq and epoch (the Record's cursor), reconnects after any end
+    with full-jitter backoff (capped at `backoff_cap`), answers a reset by reloading
+    the snapshot and subscribing from its head, and a hole by resubscribing from its
+    last seq. `cut()` aborts its socket, as a lost network would.
+    """
+
+    def __init__(
+        self,
+        record: Record,
+        nodes: list[Node],
+        http: httpx.AsyncClient,
+        rng: random.Random,
+        clock: Callable[[], float],
+        backoff_cap: float,
+        from_snapshot: bool,
+    ) -> None:
+        self.record, self.nodes, self.http, self.rng = record, nodes, http, rng
+        self.clock, self.backoff_cap = clock, backoff_cap
+        self.from_snapshot = from_snapshot
+        self.attempt = 0
+        self.reloads = 0
+        self.abort: Callable[[], None] | None = None
+        self.ends: Counter[str] = Counter()  # why connections ended, by kind
+        # Where it stands, for the report of a reader that never caught up.
+        self.state, self.state_at, self.node = "starting", 0.0, -1
+        self.messages = 0  # on the current connection
+        self.heard_at = 0.0  # anything from the current connection, comments included
+
+    @property
+    def transport(self) -> str:
+        return self.record.transport
+
+    def cut(self) -> bool:
+        """Abort the current connection (no close frame, no FIN): True if there was one."""
+        abort, self.abort = self.abort, None
+        if abort is None:
+            return False
+        abort()
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow until `stop`; every wait is bounded and ends with it."""
+        cursor = self.record.cursor
+        cursor.needs_snapshot = self.from_snapshot
+        first = True
+        while not stop.is_set():
+            try:
+                if cursor.needs_snapshot:
+                    self._now("snapshot")
+                    self.record.reloaded(await self._snapshot(), "snapshot" if first else "reset")
+                    first = False
+                node = self.rng.choice(self.nodes)
+                self.record.connecting(node.port, self.clock())
+                self.node, self.messages = node.index, 0
+                self._now("connecting")
+                if self.transport == "ws":
+                    why = await self._websocket(node)
+                else:
+                    why = await self._event_stream(node)
+            except (ConnectionClosed, OSError, TimeoutError, EOFError) as error:
+                why = f"lost: {type(error).__name__}"
+            except InvalidHandshake as error:
+                why = f"handshake: {type(error).__name__}"
+            except (SseEnded, *HTTP_ERRORS, orjson.JSONDecodeError, ValueError) as error:
+                why = f"failed: {type(error).__name__}"
+            except Refused as error:
+                self.record.counts["refused"] += 1
+                why = f"refused: {error.code}"
+            self.abort = None
+            first = False
+            self.ends[why.split(":")[0]] += 1
+            if stop.is_set():
+                return
+            # livepush.js: a reset reloads at once; a second one before a subscription,
+            # and every other end, waits a full-jitter backoff.
+            if cursor.needs_snapshot:
+                self.reloads += 1
+            if cursor.needs_snapshot and self.reloads == 1:
+                delay = 0.0
+            else:
+                delay = backoff(self.attempt, self.backoff_cap, self.rng)
+                self.attempt += 1
+            self._now(f"backoff after {why}")
+            await sleep_unless(stop, delay)
+
+    def _now(self, state: str) -> None:
+        self.state, self.state_at = state, self.clock()
+
+    def where(self) -> str:
+        """Its state now, for a report."""
+        now, cursor = self.clock(), self.record.cursor
+        return (
+            f"{self.state} for {now - self.state_at:.1f} s on node-{self.node}, "
+            f"{self.messages} messages on this connection, last heard "
+            f"{now - self.heard_at:.1f} s ago, at {cursor.epoch}:{cursor.seq}"
+        )
+
+    def _heard(self, message: Mapping[str, Any]) -> None:
+        self.messages += 1
+        self.heard_at = self.clock()
+        if message.get("type") == "subscribed":
+            self._now("subscribed")
+
+    def _act(self, step: Event | Step | Refused | None) -> str | None:
+        """What a message does to the connection: None goes on, else why it ends."""
+        if step is None or isinstance(step, Event):
+            return None
+        if isinstance(step, Refused):
+            raise step
+        if step.action is Action.LIVE:
+            self.attempt = self.reloads = 0
+            return None
+        return "reset: reload" if step.action is Action.RELOAD else f"resume: {step.reason}"
+
+    async def _snapshot(self) -> Mapping[str, Any]:
+        node = self.rng.choice(self.nodes)
+        response = await self.http.get(
+            f"{node.url}/v1/feeds/{self.record.feed}/snapshot", params={"limit": 50}
+        )
+        response.raise_for_status()
+        body: Mapping[str, Any] = orjson.loads(response.content)
+        return body
+
+    async def _websocket(self, node: Node) -> str:
+        url = f"ws://{HOST}:{node.port}/v1/ws?" + urlencode(self.record.cursor.position())
+        async with connect(
+            url,
+            open_timeout=OPEN_TIMEOUT,
+            ping_interval=10,
+            ping_timeout=10,
+            close_timeout=2,
+            max_size=2**20,
+        ) as ws:
+            self.abort = ws.transport.abort
+            self._now("open")
+            async for data in ws:
+                message = orjson.loads(data)
+                self._heard(message)
+                why = self._act(self.record.receive(message, self.clock()))
+                if why is not None:
+                    return why
+            return f"closed: {ws.close_code}"
+
+    async def _event_stream(self, node: Node) -> str:
+        position = self.record.cursor.position()
+        query = urlencode({name: value for name, value in position.items() if name != "feed"})
+        path = f"/v1/feeds/{self.record.feed}/events" + (f"?{query}" if query else "")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(HOST, node.port), OPEN_TIMEOUT
+        )
+        self.abort = writer.transport.abort
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {HOST}:{node.port}\r\n"
+                "Accept: text/event-stream\r\n\r\n".encode()
+            )
+            status = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
+            if not status.startswith(b"HTTP/1.1 200"):
+                raise SseEnded(status.decode(errors="replace").strip() or "no answer")
+            while (await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)).strip():
+                pass  # the headers: chunked, as sse.py writes them
+            self._now("open")
+            buffer = bytearray()
+            while True:
+                size_line = await asyncio.wait_for(reader.readline(), SSE_SILENCE)
+                self.heard_at = self.clock()
+                if not size_line:
+                    return "lost: the stream's connection closed"
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    return "closed: the stream ended"
+                chunk = await asyncio.wait_for(reader.readexactly(size + 2), SSE_SILENCE)
+                buffer += chunk[:-2]
+                for _event, data, last_id in sse_blocks(buffer):
+                    message = orjson.loads(data)
+                    self._heard(message)
+                    step = self.record.receive(message, self.clock(), last_id)
+                    why = self._act(step)
+                    if why is not None:
+                        return why
+        finally:
+            writer.transport.abort()  # the stream never ends by itself: nothing to flush
+
+
+# ---------------------------------------------------------------- publishers
+
+
+@dataclass
+class PublisherTally:
+    attempts: int = 0
+    retries: int = 0
+    replayed: int = 0  # 2xx answers marked Idempotency-Replayed (a retry of a write that was done)
+    replays_checked: int = 0  # accepted keys sent again on purpose: the same answer
+    refused: int = 0  # 4xx other than 429: a bug in the soak or the server
+    abandoned: int = 0  # keys never answered 2xx before the soak's end
+
+
+class Publisher:
+    """Publishes to its feeds all the time, each entry with its own Idempotency-Key,
+    retried with the SAME key on any node after an error or a timeout until a 2xx."""
+
+    def __init__(
+        self,
+        index: int,
+        run: str,
+        feeds: list[str],
+        nodes: list[Node],
+        rng: random.Random,
+        accepted: list[Accepted],
+        failures: list[str],
+    ) -> None:
+        self.index, self.run_id, self.feeds, self.nodes, self.rng = index, run, feeds, nodes, rng
+        self.accepted, self.failures = accepted, failures
+        self.tally = PublisherTally()
+        self.http = httpx.AsyncClient(
+            timeout=HTTP_TIMEOUT,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+
+    async def run(self, interval: float, creating: asyncio.Event, give_up: float) -> None:
+        """A new entry every `interval` s while `creating` is set; each one retried
+        until accepted, or until the monotonic time `give_up` (then it is abandoned,
+        which fails the soak)."""
+        number = 0
+        due = time.monotonic()
+        while creating.is_set() and time.monotonic() < give_up:
+            feed = self.feeds[(number + self.index) % len(self.feeds)]
+            await self.publish(feed, number, give_up)
+            number += 1
+            due = max(due + interval, time.monotonic() - interval)  # no burst to catch up
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    async def publish(self, feed: str, number: int, give_up: float) -> None:
+        key = f"{self.run_id}-p{self.index}-{number}"
+        body = orjson.dumps(
+            {
+                "title": f"P{self.index}",
+                "body": f"entry {number} of publisher {self.index}",
+                "meta": {"key": key},
+            }
+        )
+        attempt = 0
+        while time.monotonic() < give_up:
+            answer = await self._post(feed, key, body)
+            if answer is not None and answer.status_code == 201:
+                entry = orjson.loads(answer.content)
+                done = Accepted(feed, key, entry["id"], entry["seq"])
+                self.accepted.append(done)
+                if answer.headers.get("idempotency-replayed") == "true":
+                    self.tally.replayed += 1
+                if self.rng.random() < 0.05:
+                    await self._check_replay(done, body)
+                return
+            if answer is not None and answer.status_code not in (429, 502, 503, 504):
+                self.tally.refused += 1
+                self.failures.append(
+                    f"publisher {self.index}: {key} refused {answer.status_code}: "
+                    f"{answer.text[:200]}"
+                )
+                return
+            self.tally.retries += 1
+            await asyncio.sleep(self.rng.uniform(0.0, min(2.0, 0.1 * 2.0 ** min(attempt, 8))))
+            attempt += 1
+        self.tally.abandoned += 1
+        self.failures.append(
+            f"publisher {self.index}: {key} got no 2xx in {attempt} attempts before the end"
+        )
+
+    async def _post(self, feed: str, key: str, body: bytes) -> httpx.Response | None:
+        node = self.rng.choice(self.nodes)
+        self.tally.attempts += 1
+        try:
+            return await self.http.post(
+                f"{node.url}/v1/feeds/{feed}/entries",
+                content=body,
+                headers={"Idempotency-Key": key},
+            )
+        except HTTP_ERRORS:
+            return None
+
+    async def _check_replay(self, done: Accepted, body: bytes) -> None:
+        """The same key again, on any node: the first answer, marked replayed."""
+        answer = await self._post(done.feed, done.key, body)
+        if answer is None or answer.status_code != 201:
+            return  # a fault: this check is best effort, the retry loop above is not
+        self.tally.replays_checked += 1
+        entry = orjson.loads(answer.content)
+        if (entry["id"], entry["seq"]) != (done.id, done.seq) or answer.headers.get(
+            "idempotency-replayed"
+        ) != "true":
+            self.failures.append(
+                f"publisher {self.index}: {done.key} was answered {done.id}/{done.seq}, "
+                f"then {entry['id']}/{entry['seq']} "
+                f"(replayed: {answer.headers.get('idempotency-replayed')})"
+            )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
