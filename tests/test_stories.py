@@ -4,7 +4,7 @@ revisions and purges, with their refusals, on the in-process broker and on Redis
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -463,3 +463,19 @@ def test_a_retry_of_a_purged_entrys_publish_returns_no_text(desk: Server) -> Non
     refused(retry, 404, "not_found")
     assert b"SECRET" not in retry.content
     assert history(desk, feed)["head_seq"] == 2  # nothing published again
+
+
+def test_the_demo_feed_is_a_live_blog_with_an_entry_due_a_minute_after_start_up(
+    start_server: Callable[..., Server],
+) -> None:
+    started = datetime.now(UTC)
+    demo = start_server(LIVEPUSH_DEMO="1")
+    snapshot = Desk(demo, None).ok("GET", "/v1/feeds/demo/snapshot")
+    assert snapshot["title"]
+    assert snapshot["description"]
+    assert snapshot["status"] == "live"
+    days = {entry["published_at"][:10] for entry in snapshot["entries"]}
+    assert len(days) == 2
+    (scheduled,) = Desk(demo, demo.token).ok("GET", "/v1/feeds/demo/scheduled")["scheduled"]
+    due = datetime.fromisoformat(scheduled["publish_at"]) - started
+    assert timedelta(seconds=55) < due <= timedelta(seconds=60) + (datetime.now(UTC) - started)
