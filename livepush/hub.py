@@ -99,6 +99,7 @@ class Hub:
         self.deliveries = 0
         self.slow_closed = 0
         self.hole_closed = 0
+        self.dead_closed = 0  # subscriptions whose transport closed under them
         self.resets = 0
         self.timings = FanoutTimings()  # histograms: one bump per fan-out (metrics.py)
 
@@ -265,7 +266,7 @@ class Hub:
             if isinstance(action, Fanout):
                 self._fanout(state, action)
             elif isinstance(action, Send):
-                action.sub.write(action.data)
+                self._write(state, [action.sub], action.data)
             elif isinstance(action, Reset):
                 self.resets += 1
                 message = {
@@ -288,11 +289,10 @@ class Hub:
         started = time.perf_counter()
         delivered = 0
         for frame, subs in fanout.writes:
-            for sub in subs:
-                sub.write(frame)
+            self._write(state, subs, frame)
             delivered += len(subs)
         for send in fanout.partial:
-            send.sub.write(send.data)
+            self._write(state, [send.sub], send.data)
         delivered += len(fanout.partial)
         for sub, reason in fanout.cut:
             self._cut(sub, reason)
@@ -304,6 +304,19 @@ class Hub:
             self.timings.observe(seconds, state.recent, fanout.first, fanout.last)
             # Editors' figures: a socket that had part of the run counts for each event.
             self.receipts.record(state.name, fanout.first, fanout.last, delivered, seconds)
+
+    def _write(self, state: Feed, subs: list[Subscription], data: bytes) -> None:
+        """Write `data` to every one of `subs`; a transport closed under its subscription
+        (uvloop raises, where asyncio's would only log) loses that subscription, not the
+        write to the others. The try costs nothing until something raises."""
+        try:
+            for sub in subs:
+                sub.write(data)
+        except RuntimeError:
+            log.info("feed %s: a subscription's connection closed under it", state.name)
+            self.dead_closed += 1
+            self._perform(state, state.leave(sub))
+            self._write(state, subs[subs.index(sub) + 1 :], data)
 
     def _cut(self, sub: Subscription, reason: Cut) -> None:
         if reason is Cut.SLOW:

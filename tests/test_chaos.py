@@ -92,19 +92,15 @@ async def read_until(reader: asyncio.StreamReader, needle: bytes, within: float)
     return data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the soak: a stream that ends while its join waits on Redis is joined "
-    "anyway, and the fan-out then stops at it (transports/sse.py, hub.py)",
-)
 async def test_an_event_stream_that_ends_while_its_join_waits_does_not_silence_the_others(
     redis_server: RedisServer, start_server: Callable[..., Server]
 ) -> None:
     """A reader cut while Redis is stopped, then a reader that stays: it gets every event.
 
-    Today the first stream's join completes after the stream ended: its write to the
-    closed transport raises (uvloop), the subscription stays in the hub, and each later
-    fan-out raises at it, so the readers after it in the group never hear of an event.
+    Found by the soak: the first stream's join completed after the stream ended, its
+    write to the closed transport raised (uvloop), the subscription stayed in the hub,
+    and each later fan-out raised at it, so the readers after it never heard of an event.
+    The hub now drops a subscription whose transport closed under it.
     """
     server = start_server(redis_server.url)
     assert redis_server.proc is not None
