@@ -1,5 +1,6 @@
-"""Malformed data on raw sockets: each is refused the way RFC 6455 says, while a healthy
-subscriber on the same server keeps receiving and the server's memory stays put."""
+"""Malformed data on raw sockets, and hostile reader tokens: each is refused (RFC 6455's
+close codes; 401), while a healthy subscriber on the same server keeps receiving and the
+server's memory stays put."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import psutil
 import pytest
 
+from tests.jwts import SECRET, KeyPair, hmac_with_public_key, mint, tampered, unsigned
 from tests.support import HOST, Client, Server
 from tests.test_handshake import upgrade_request
 
@@ -21,8 +25,18 @@ MEMORY_RATIO = 1.5  # generous: this catches growth per attack, not allocator no
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[Server]:
-    server = Server()
+def rsa_key() -> KeyPair:
+    return KeyPair.rsa()
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory, rsa_key: KeyPair) -> Iterator[Server]:
+    directory = tmp_path_factory.mktemp("hostile")
+    server = Server(
+        LIVEPUSH_PRIVATE_FEEDS="vip",
+        LIVEPUSH_JWT_SECRET=SECRET,
+        LIVEPUSH_JWT_PUBLIC_KEY=str(rsa_key.write_public(directory)),
+    )
     try:
         yield server.start()
     finally:
@@ -127,6 +141,40 @@ async def garbage_request(server: Server) -> bytes:
     return b""
 
 
+def hostile_tokens(rsa_key: KeyPair) -> list[str]:
+    return [
+        unsigned(["vip"]),
+        hmac_with_public_key(["vip"], rsa_key.public_pem()),
+        mint(["vip"], -5),
+        mint(["vip"], nbf=int(time.time()) + 120),
+        tampered(mint(["other"]), feeds=["vip"]),
+        "x" * 9000,
+    ]
+
+
+async def hostile_reads(server: Server, tokens: list[str]) -> None:
+    """Each token on a WebSocket (message and URL) and over HTTP: refused every time."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        for token in tokens:
+            reply = await http.get("/v1/feeds/vip/snapshot", params={"token": token})
+            assert reply.status_code == 401
+    client = await Client.connect(server.ws_url)
+    try:
+        for token in tokens:
+            refused = await client.subscribe("vip", token=token)
+            assert refused["type"] == "error"
+            # The 9000-character one is over a client message's 4 KiB.
+            assert refused["code"] == ("too_big" if len(token) > 4000 else "unauthorized")
+    finally:
+        await client.close()
+    url = f"{server.ws_url}?feed=vip&token={tokens[0]}"
+    client = await Client.connect(url)
+    try:
+        assert (await client.recv())["code"] == "unauthorized"
+    finally:
+        await client.close()
+
+
 async def healthy_receives(server: Server, client: Client, count: int) -> None:
     """Publish one entry and see the healthy subscriber get it, in order."""
     response = server.post(FEED, {"body": f"after {count} attacks"})
@@ -146,21 +194,24 @@ async def test_garbage_instead_of_a_request_is_refused(target: Server) -> None:
 
 
 async def test_a_healthy_subscriber_keeps_receiving_and_memory_returns_to_its_baseline(
-    target: Server,
+    target: Server, rsa_key: KeyPair
 ) -> None:
     assert target.proc is not None
     process = psutil.Process(target.proc.pid)
     client = await Client.connect(f"{target.ws_url}?feed={FEED}")
     try:
         await client.recv_type("subscribed")
+        tokens = hostile_tokens(rsa_key)
         for name in ATTACKS:  # warm-up: every code path allocated once
             await attack(target, name)
         await garbage_request(target)
+        await hostile_reads(target, tokens)
         baseline = process.memory_info().rss
         for round_ in range(ROUNDS):
             for name in ATTACKS:
                 assert await attack(target, name) in ATTACKS[name][1], name
             await garbage_request(target)
+            await hostile_reads(target, tokens)
             await healthy_receives(target, client, round_)
         grown = process.memory_info().rss
         assert grown < baseline * MEMORY_RATIO, (baseline, grown)
