@@ -57,6 +57,8 @@ NODE_REPORT_TTL = 15.0
 SCHEDULES_KEY = f"{PREFIX}:schedules"
 # Feeds one look at the index returns at most (the rest wait for the next look).
 DUE_FEEDS = 500
+# Waits before each retry of a release whose outcome is unknown.
+RELEASE_RETRIES = (0.1, 0.5)
 
 
 def node_key(node: str) -> str:
@@ -358,12 +360,27 @@ class RedisBroker:
         released = 0
         for item in items:
             try:
-                await self.publish(feed, change_of(item))
+                released += await self._release_one(feed, change_of(item))
             except NotFound:
                 continue  # released by another node, cancelled or changed meanwhile
-            released += 1
         await self._hint(feed)
         return released
+
+    async def _release_one(self, feed: str, change: Change) -> int:
+        """Publish one claim; 1 if this call published it. A claim is a write no client
+        retries: so it carries an Idempotency-Key of its own, and an attempt whose
+        outcome is unknown (a lost reply, replicas late for LIVEPUSH_REDIS_MIN_REPLICAS)
+        is retried here, which publishes its event if the first attempt did not."""
+        key = "release:" + change.entry_id
+        for delay in RELEASE_RETRIES:
+            try:
+                published = await self.publish(feed, change, idempotency_key=key)
+            except BrokerUnavailable:
+                await asyncio.sleep(delay)
+                continue
+            return 0 if published.duplicate else 1
+        published = await self.publish(feed, change, idempotency_key=key)
+        return 0 if published.duplicate else 1
 
     async def _hint(self, feed: str) -> None:
         """Point the index at the feed's earliest scheduled entry, or take the feed out.
