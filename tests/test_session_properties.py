@@ -68,7 +68,9 @@ class FakeSocket:
         return found
 
 
-VIP, MEMBERS, EXPIRED = mint(["vip"]), mint(["members-*"]), mint(["vip"], -10)
+# Minted at import, so valid for a day: the whole suite may run before this module.
+DAY = 86400
+VIP, MEMBERS, EXPIRED = mint(["vip"], DAY), mint(["members-*"], DAY), mint(["vip"], -10)
 READERS = {"vip": {VIP, "publisher"}, "members-a": {MEMBERS, "publisher"}}
 tokens = st.sampled_from([None, "garbage", VIP, MEMBERS, EXPIRED, "publisher"])
 subscribes = st.builds(
