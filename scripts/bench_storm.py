@@ -17,15 +17,14 @@ One livepush node (one worker, on the server core) on its own redis-server:
    checked to be since+1: no loss, no duplicate); the time runs from the first
    connect() to the moment the last client holds seq H. The calm subscribers' p99
    over the storm is measured against their calm p99.
-5. Redis history reads during the storm, from `INFO commandstats` before and after:
-   history.lua runs HSETNX once and XRANGE once (the feed's first seq), plus one more
-   XRANGE when it reads events; publish.lua runs HSETNX once (and XRANGE only for an
-   Idempotency-Key replay, which the harness never sends). So
-       history runs = HSETNX calls - publishes meanwhile
-       event reads  = XRANGE calls - history runs
-   and reads per (feed, 64-position block) = event reads / blocks the clients' since
-   fall in (one: they share their since). The first joiner's watch adds one history
-   run without events (the feed's position).
+5. Redis history reads during the storm: every run of livepush's history.lua that
+   Redis sees (MONITOR, the script told by its SHA1; see benchkit.RedisMonitor), by
+   feed and by the 64-position block its `since` falls in. A run with limit 0 reads
+   only the feed's position (the first joiner's watch does one); the others read
+   events, and the target is at most one per (feed, block). `INFO commandstats`
+   (EVALSHA, XRANGE: history.lua runs XRANGE once, twice when it reads events) is
+   printed beside it, before and after, as a cross-check; it cannot tell history.lua
+   from publish.lua, which runs XRANGE too.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import asyncio
 import contextlib
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from math import inf
@@ -45,6 +45,7 @@ from benchkit import (
     LivepushPublisher,
     Loadgen,
     PublishResult,
+    RedisMonitor,
     Resume,
     Target,
     body_for_size,
@@ -122,10 +123,11 @@ class StormRound:
     behind: int
     server_cpu: float
     calm: Calm
-    publishes: int  # calm entries published while the counts were taken
-    publish_errors: int
-    redis: dict[str, int]  # command calls during the storm
-    blocks: int
+    reads: dict[int, int]  # the storm feed's history reads of events, by block start
+    position_reads: int  # its history.lua runs with limit 0 (the watch's position)
+    other_reads: int  # history.lua runs for other feeds meanwhile
+    redis_commands: int  # commands Redis ran during the storm (MONITOR)
+    redis: dict[str, int]  # INFO commandstats: calls during the storm
 
     @property
     def exact(self) -> bool:
@@ -138,12 +140,17 @@ class StormRound:
         )
 
     @property
-    def history_runs(self) -> int:
-        return self.redis.get("hsetnx", 0) - self.publishes
+    def reads_per_block(self) -> int:
+        return max(self.reads.values(), default=0)
 
-    @property
-    def event_reads(self) -> int:
-        return self.redis.get("xrange", 0) - self.history_runs
+    def describe_reads(self) -> str:
+        blocks = ", ".join(f"block {b}: {n}" for b, n in sorted(self.reads.items())) or "none"
+        return (
+            f"history.lua reading events {blocks}; position only {self.position_reads}; "
+            f"other feeds {self.other_reads}; of {self.redis_commands} commands (INFO "
+            f"commandstats: EVALSHA {self.redis.get('evalsha', 0)}, XRANGE "
+            f"{self.redis.get('xrange', 0)})"
+        )
 
     def describe(self) -> str:
         return (
@@ -153,11 +160,8 @@ class StormRound:
             f"unique {self.unique}/{self.expected} lost {self.lost} dups {self.dups} gaps "
             f"{self.gaps} resets {self.resets} failed {self.failed} closed {self.closed}; "
             f"server CPU {self.server_cpu:.2f} s (plain {self.plain_server_cpu:.2f} s); "
-            f"Redis: EVALSHA {self.redis.get('evalsha', 0)}, HSETNX "
-            f"{self.redis.get('hsetnx', 0)}, XRANGE {self.redis.get('xrange', 0)}, publishes "
-            f"{self.publishes} -> {self.history_runs} history runs, {self.event_reads} "
-            f"event reads; calm during: {self.calm.describe()}; calm during plain: "
-            f"{self.calm_plain.describe()}"
+            f"Redis: {self.describe_reads()}; calm during: {self.calm.describe()}; calm "
+            f"during plain: {self.calm_plain.describe()}"
         )
 
 
@@ -181,7 +185,7 @@ class StormResult:
         ratio = statistics.median(ratios)
         calm = self.calm.p99_ms
         calm_ratio = statistics.median(r.calm.p99_ms / calm if calm else inf for r in rounds)
-        reads = max(r.event_reads / max(r.blocks, 1) for r in rounds)
+        reads = max(r.reads_per_block for r in rounds)
         each = ", ".join(f"{x:.2f}x" for x in ratios)
         last = rounds[-1]
         return [
@@ -221,17 +225,11 @@ class StormResult:
             ),
             Target(
                 "storm history reads",
-                f"{reads:g} per (feed, {READ_BLOCK}-position block)",
+                f"{reads} per (feed, {READ_BLOCK}-position block)",
                 f"<= {READS_BAR:g}",
                 reads <= READS_BAR,
-                "Redis INFO commandstats over the storm: "
-                + "; ".join(
-                    f"round {i + 1}: EVALSHA {r.redis.get('evalsha', 0)}, HSETNX "
-                    f"{r.redis.get('hsetnx', 0)}, XRANGE {r.redis.get('xrange', 0)}, "
-                    f"{r.publishes} publishes ({r.publish_errors} failed) -> "
-                    f"{r.history_runs} history.lua runs, {r.event_reads} reading events"
-                    for i, r in enumerate(rounds)
-                ),
+                "every client's since in one block; Redis during each storm: "
+                + "; ".join(f"round {i + 1}: {r.describe_reads()}" for i, r in enumerate(rounds)),
             ),
         ]
 
@@ -309,13 +307,15 @@ async def storm_round(
         processes=processes,
     ) as storm:
         before = await redis_calls(redis_port)
-        cpu_before = tree_cpu_exact(server_pid) or 0.0
-        caught, published, reports = await during(
-            storm_catch_up(storm, since + 1, head, args.storm_timeout)
-        )
-        storm_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
+        async with RedisMonitor(redis_port) as monitor:
+            cpu_before = tree_cpu_exact(server_pid) or 0.0
+            caught, published, reports = await during(
+                storm_catch_up(storm, since + 1, head, args.storm_timeout)
+            )
+            storm_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
         after = await redis_calls(redis_port)
-    wanted = ("evalsha", "hsetnx", "xrange", "eval")
+    mine = [read for read in monitor.reads if read.feed == feed]
+    blocks = Counter(read.since - read.since % READ_BLOCK for read in mine if read.limit)
     starts = [r["connect_start"] for r in caught]
     ends = [r["last_caught_up_at"] for r in caught]
     done = sum(r["caught_up"] for r in caught)
@@ -347,10 +347,11 @@ async def storm_round(
         behind=total("behind"),
         server_cpu=storm_cpu,
         calm=Calm.of(published, reports),
-        publishes=len(published.seqs) + published.errors,
-        publish_errors=published.errors,
-        redis={name: after[name] - before[name] for name in wanted},
-        blocks=1,  # every client has the same since
+        reads=dict(blocks),
+        position_reads=sum(1 for read in mine if not read.limit),
+        other_reads=len(monitor.reads) - len(mine),
+        redis_commands=monitor.commands,
+        redis={name: after[name] - before[name] for name in ("evalsha", "xrange")},
     )
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -774,6 +776,67 @@ async def redis_calls(port: int) -> Counter[str]:
     return Counter(
         {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
     )
+
+
+HISTORY_SCRIPT = ROOT / "livepush" / "brokers" / "history.lua"
+MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class HistoryRead:
+    """One run of livepush's history.lua: EVALSHA sha 2 meta log epoch since limit touch."""
+
+    feed: str
+    since: int
+    limit: int  # 0: the feed's position only, no events
+
+
+class RedisMonitor:
+    """The history.lua runs a redis-server sees while this watches it (MONITOR).
+
+    MONITOR copies every command the server runs to this client, which costs the
+    server a little per command: nothing measurable at the few hundred commands of a
+    reconnect storm, so it is used only around one. The script is recognised by its
+    SHA1 (livepush's broker sends EVALSHA with the file's SHA1), so a change elsewhere
+    in livepush's Lua (publish.lua reading the log too) does not blur the count.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sha = hashlib.sha1(HISTORY_SCRIPT.read_bytes()).hexdigest()
+        self.reads: list[HistoryRead] = []
+        self.commands = 0
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RedisMonitor:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(b"MONITOR\r\n")
+        if (await asyncio.wait_for(reader.readline(), 10)).strip() != b"+OK":
+            raise RuntimeError("redis-server refused MONITOR")
+        self._task = asyncio.create_task(self._read(reader))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await asyncio.sleep(0.2)  # the last commands' lines are on their way
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        # +1701490000.123456 [0 127.0.0.1:54321] "EVALSHA" "<sha>" "2" "lp:{f}:meta" ...
+        while line := await reader.readline():
+            text = line.decode("utf-8", "replace")
+            if " lua] " in text:
+                continue  # a command a script ran: its EVALSHA is counted instead
+            self.commands += 1
+            args = MONITOR_ARG.findall(text)
+            if len(args) >= 8 and args[0].upper() == "EVALSHA" and args[1] == self.sha:
+                feed = args[3].partition("{")[2].partition("}")[0]
+                self.reads.append(HistoryRead(feed, int(args[6]), int(args[7])))
 
 
 # ---------------------------------------------------------------- targets
