@@ -88,7 +88,10 @@ class Server:
         self.base_url = f"http://{HOST}:{self.port}"
         self.ws_url = f"ws://{HOST}:{self.port}/v1/ws"
         self.token = TOKEN
-        self.env = {"LIVEPUSH_DEMO": "0", **env}  # publishing has no rate limit by default
+        # Publishing has no rate limit by default. A drain of 2 s leaves no window to
+        # spread closes over (transports/base.Drain): a test's SIGTERM closes every
+        # socket at once and the node is back sooner; tests of the drain set their own.
+        self.env = {"LIVEPUSH_DEMO": "0", "LIVEPUSH_DRAIN_SECONDS": "2", **env}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="livepush-server-", suffix=".log")[1])
 
