@@ -85,6 +85,8 @@ ATTACKS: dict[str, tuple[bytes, set[int]]] = {
     "continuation-first": (frame(b"x", 0x0), {1002}),
     "unknown-opcode": (frame(b"x", 0x3), {1002}),
     "close-bad-code": (frame(struct.pack("!H", 999), 0x8), {1002}),
+    "close-one-byte": (frame(b"\x03", 0x8), {1002}),
+    "close-reason-not-utf8": (frame(struct.pack("!H", 1000) + b"\xff", 0x8), {1007}),
     "binary-frame": (frame(b'{"type":"ping"}', 0x2), {1003}),
 }
 

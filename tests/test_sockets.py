@@ -12,6 +12,7 @@ from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.transports.fastws import FastSocket
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
+from tests.test_hostile_sockets import close_code, frame
 
 HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -35,14 +36,16 @@ class Host:
 
 
 @asynccontextmanager
-async def connected() -> AsyncIterator[tuple[asyncio.Transport, asyncio.StreamReader]]:
-    """A server-side transport and the peer's reader, over a real socket pair."""
+async def connected() -> AsyncIterator[
+    tuple[asyncio.Transport, asyncio.StreamReader, asyncio.StreamWriter]
+]:
+    """A server-side transport and the peer's reader and writer, over a real socket pair."""
     ours, theirs = socket.socketpair()
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
     reader, writer = await asyncio.open_connection(sock=theirs)
     try:
-        yield transport, reader
+        yield transport, reader, writer
     finally:
         transport.abort()
         writer.close()
@@ -56,6 +59,20 @@ def fast_socket(transport: asyncio.Transport) -> FastSocket:
     return fast
 
 
+class Messages:
+    """The messages a socket hands its session (a fastws.MessageHandler)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.ended = False
+
+    def receive(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def closed(self) -> None:
+        self.ended = True
+
+
 async def gone(reader: asyncio.StreamReader, timeout: float) -> bytes:
     """Everything the peer receives until the connection ends (closed or reset)."""
     received = b""
@@ -66,7 +83,7 @@ async def gone(reader: asyncio.StreamReader, timeout: float) -> bytes:
 
 
 async def test_each_socket_class_is_a_socket() -> None:
-    async with connected() as (ws_transport, _), connected() as (sse_transport, _):
+    async with connected() as (ws_transport, _, _), connected() as (sse_transport, _, _):
         # Annotated: mypy checks each class against the protocol, member by member.
         websocket: Socket = fast_socket(ws_transport)
         host: StreamHost = Host(sse_transport, keep_alive=True)
@@ -76,7 +93,7 @@ async def test_each_socket_class_is_a_socket() -> None:
 
 
 async def test_a_websocket_close_sends_its_code_then_aborts_a_peer_that_does_not_answer() -> None:
-    async with connected() as (transport, reader):
+    async with connected() as (transport, reader, _):
         websocket = fast_socket(transport)
         websocket.close(CloseCode.TRY_AGAIN_LATER)
         assert websocket.closing
@@ -87,7 +104,7 @@ async def test_a_websocket_close_sends_its_code_then_aborts_a_peer_that_does_not
 
 
 async def test_a_websocket_ping_unanswered_at_its_next_turn_closes_with_1011() -> None:
-    async with connected() as (transport, reader):
+    async with connected() as (transport, reader, _):
         websocket = fast_socket(transport)
         websocket.keepalive()
         assert (await asyncio.wait_for(reader.readexactly(2), 5))[0] == 0x89  # a ping
@@ -100,7 +117,7 @@ async def test_a_websocket_ping_unanswered_at_its_next_turn_closes_with_1011() -
 
 
 async def test_an_event_stream_closes_with_its_last_chunk_and_ends_the_response() -> None:
-    async with connected() as (transport, reader):
+    async with connected() as (transport, reader, _):
         host = Host(transport, keep_alive=False)
         ends: list[None] = []
         stream = SseSocket(host, HEAD, lambda: ends.append(None))
@@ -113,7 +130,7 @@ async def test_an_event_stream_closes_with_its_last_chunk_and_ends_the_response(
 
 
 async def test_a_too_slow_event_stream_is_aborted_without_its_last_chunk() -> None:
-    async with connected() as (transport, reader):
+    async with connected() as (transport, reader, _):
         host = Host(transport, keep_alive=True)
         stream = SseSocket(host, HEAD, lambda: None)
         await asyncio.wait_for(reader.readexactly(len(HEAD)), 5)
@@ -123,9 +140,67 @@ async def test_a_too_slow_event_stream_is_aborted_without_its_last_chunk() -> No
 
 
 async def test_an_event_stream_whose_reader_left_ends_at_once() -> None:
-    async with connected() as (transport, _):
+    async with connected() as (transport, _, _):
         ends: list[None] = []
         stream = SseSocket(Host(transport, keep_alive=True), HEAD, lambda: ends.append(None))
         stream.connection_lost(None)  # what the host calls when the connection is gone
         assert ends == [None]  # before any other callback: no fan-out writes to it
         assert stream.closing
+
+
+async def test_whole_text_frames_split_anywhere_arrive_whole_without_websockets() -> None:
+    async with connected() as (transport, _, _):
+        websocket = fast_socket(transport)
+        messages = Messages()
+        websocket.detach(messages)
+        sent = [b'{"type":"ping"}', b"x" * 300, '{"é":1}'.encode()]  # 300: a 16-bit length
+        data = b"".join(frame(message) for message in sent)
+        for at in range(len(data)):  # one byte at a time, as a slow network may
+            websocket.data_received(data[at : at + 1])
+        websocket.data_received(data + data[:7])  # two at once, and a third begun
+        assert messages.received == sent * 2
+        websocket.data_received(data[7:])
+        assert messages.received == sent * 3
+        assert not websocket.websockets_reads  # ~90 µs and 1.4 KiB a socket never paid
+
+
+async def test_a_ping_is_answered_and_a_pong_settles_the_keepalive() -> None:
+    async with connected() as (transport, reader, writer):
+        websocket = fast_socket(transport)
+        writer.write(frame(b"hi", 0x9))
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x8a\x02hi"  # a pong
+        websocket.keepalive()
+        head = await asyncio.wait_for(reader.readexactly(2), 5)
+        assert head == b"\x89\x04"  # our ping, with 4 bytes to answer
+        writer.write(frame(await reader.readexactly(4), 0xA))
+        await asyncio.sleep(0.2)  # the pong arrives
+        websocket.keepalive()  # the next turn: answered, so another ping, not a close
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\x89\x04"
+        assert not websocket.websockets_reads
+
+
+async def test_a_close_from_the_client_is_echoed_then_the_connection_ends() -> None:
+    async with connected() as (transport, reader, writer):
+        websocket = fast_socket(transport)
+        messages = Messages()
+        websocket.detach(messages)
+        goodbye = struct.pack("!H", 1001) + b"bye"
+        writer.write(frame(b'{"type":"ping"}') + frame(goodbye, 0x8) + frame(b"after"))
+        assert await gone(reader, 5) == b"\x88\x05" + goodbye  # echoed, then closed
+        assert messages.received == [b'{"type":"ping"}']  # nothing read after the close
+        assert messages.ended
+
+
+async def test_a_fragmented_message_hands_the_socket_to_websockets_which_reads_on() -> None:
+    async with connected() as (transport, reader, writer):
+        websocket = fast_socket(transport)
+        messages = Messages()
+        websocket.detach(messages)
+        websocket.data_received(frame(b'{"a":1}'))
+        websocket.data_received(frame(b'{"b"', fin=False) + frame(b":2}", 0x0) + frame(b"{}"))
+        assert messages.received == [b'{"a":1}', b'{"b":2}', b"{}"]
+        assert websocket.websockets_reads
+        writer.write(frame(b"yo", 0x9))  # websockets answers pings from now on
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x8a\x02yo"
+        websocket.close(CloseCode.NORMAL)  # through websockets, which awaits the answer
+        assert await close_code(reader) == 1000
