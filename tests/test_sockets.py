@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import pytest
+
 from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
-from livepush.transports.fastws import FastSocket
+from livepush.transports.fastws import Deflate, FastSocket
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
 from tests.test_hostile_sockets import close_code, frame
 
@@ -54,7 +57,7 @@ async def connected() -> AsyncIterator[
 
 
 def fast_socket(transport: asyncio.Transport) -> FastSocket:
-    fast = FastSocket(transport, None, [], set(), 65536, None)
+    fast = FastSocket(transport, None, None, set(), 65536, None)
     transport.set_protocol(fast)
     return fast
 
@@ -204,3 +207,45 @@ async def test_a_fragmented_message_hands_the_socket_to_websockets_which_reads_o
         assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x8a\x02yo"
         websocket.close(CloseCode.NORMAL)  # through websockets, which awaits the answer
         assert await close_code(reader) == 1000
+
+
+def compressed(message: bytes) -> bytes:
+    """A client text frame compressed as a browser compresses it (RFC 7692, no context)."""
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -12)
+    data = deflater.compress(message) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    return frame(data[:-4], rsv=0b100)  # RSV1; the empty block's 00 00 ff ff left off
+
+
+DEFLATE: Deflate = (True, True, 12, 12, {})  # as livepush negotiates it
+
+
+async def test_a_compressed_message_is_inflated_without_websockets() -> None:
+    async with connected() as (transport, _, _):
+        websocket = FastSocket(transport, None, DEFLATE, set(), 65536, None)
+        transport.set_protocol(websocket)
+        messages = Messages()
+        websocket.detach(messages)
+        sent = [b'{"type":"subscribe","feed":"a"}', b'{"type":"ping"}' * 50]
+        websocket.data_received(b"".join(compressed(message) for message in sent))
+        assert messages.received == sent
+        assert not websocket.websockets_reads
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (compressed(b"x" * 5000), 1009),  # inflates past max_size
+        (frame(b"\xff\xfe\xfd", rsv=0b100), 1002),  # not deflate data: websockets says 1002
+    ],
+)
+async def test_a_compressed_message_websockets_refuses_is_refused_with_its_code(
+    data: bytes, code: int
+) -> None:
+    async with connected() as (transport, reader, writer):
+        websocket = FastSocket(transport, None, DEFLATE, set(), 1000, None)
+        transport.set_protocol(websocket)
+        messages = Messages()
+        websocket.detach(messages)
+        writer.write(data)
+        assert await close_code(reader) == code
+        assert messages.received == []

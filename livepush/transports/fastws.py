@@ -7,18 +7,19 @@ builds a full `Headers` and `Response` per connection. Here (reached from
 `transports/uvicorn.py`, whose HTTP protocol sniffs each connection's first request):
 
 - a well-formed upgrade (GET, HTTP/1.1, one valid Sec-WebSocket-Key, version 13;
-  httptools parsed it, Connection and Upgrade were checked) is answered from a
+  its head read by `uvicorn.FirstRequest`, or by httptools on a connection that was
+  HTTP first; Connection and Upgrade checked) is answered from a
   template, its permessage-deflate offer negotiated once per distinct header value by
   websockets' own header parser and extension factory (`Upgrades`);
 - anything else (a missing key, a malformed offer, another version or method) goes
   to websockets' complete handshake, which answers it as websockets does;
 - the open socket is a `FastSocket`: a few slots that read the frames every client
-  sends (whole masked text frames, pings, pongs, a valid close) themselves
-  (`simple_frame`), and hand the connection to websockets' sans-I/O `ServerProtocol`
-  from the first frame that is anything else (fragments, compressed or binary
-  messages, anything malformed), which then reads the rest and answers errors with
-  its close codes. Building that object costs about 90 µs and 1.4 KiB: most sockets
-  never need it;
+  sends themselves (whole masked text frames, compressed or not, pings, pongs, a valid
+  close: `simple_frame`), and hand the connection to websockets' sans-I/O
+  `ServerProtocol` from the first frame that is anything else (fragments, binary
+  messages, anything malformed), which then reads the rest and answers errors with its
+  close codes. That object costs about 90 µs and 1.4 KiB to build: most sockets never
+  need it;
 - the 101 is handed to the app's `Handshaker.open` to leave in one write with the
   session's first messages.
 """
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import random
 import struct
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -165,9 +167,27 @@ class Keepalive:
             del self._sweeps[(self.loop, self.interval)]
 
 
+# What a socket's permessage-deflate was negotiated with: PerMessageDeflate(*deflate).
+# Sockets that negotiated alike share one tuple; the extension object itself is made
+# only if websockets ever reads the socket (a compressed client message, say).
+Deflate = tuple[bool, bool, int, int, dict[str, Any]]
+
+
+def deflate_of(extension: Extension) -> Deflate | None:
+    if not isinstance(extension, PerMessageDeflate):
+        return None
+    return (
+        extension.remote_no_context_takeover,
+        extension.local_no_context_takeover,
+        extension.remote_max_window_bits,
+        extension.local_max_window_bits,
+        extension.compress_settings,
+    )
+
+
 class _Negotiated(NamedTuple):
     header: bytes  # the response's Sec-WebSocket-Extensions line, or b""
-    deflate: tuple[bool, bool, int, int, dict[str, Any]] | None  # PerMessageDeflate(*deflate)
+    deflate: Deflate | None
 
 
 _NOTHING = _Negotiated(b"", None)
@@ -190,7 +210,7 @@ class Upgrades:
 
     def answer(
         self, method: str, http_version: str, headers: Sequence[tuple[bytes, bytes]]
-    ) -> tuple[bytes, list[Extension]] | None:
+    ) -> tuple[bytes, Deflate | None] | None:
         if method != "GET" or http_version != "1.1":
             return None
         key = version = None
@@ -218,10 +238,7 @@ class Upgrades:
                 b"\r\n",
             )
         )
-        extensions: list[Extension] = []
-        if negotiated.deflate is not None:
-            extensions.append(PerMessageDeflate(*negotiated.deflate))
-        return response, extensions
+        return response, negotiated.deflate
 
     def _negotiate(self, offers: tuple[bytes, ...]) -> _Negotiated | None:
         if offers in self._negotiated:
@@ -253,14 +270,7 @@ class Upgrades:
                     continue
                 header = build_extension([(factory.name, answer)]).encode("latin-1")
                 return _Negotiated(
-                    b"Sec-WebSocket-Extensions: " + header + b"\r\n",
-                    (
-                        extension.remote_no_context_takeover,
-                        extension.local_no_context_takeover,
-                        extension.remote_max_window_bits,
-                        extension.local_max_window_bits,
-                        extension.compress_settings,
-                    ),
+                    b"Sec-WebSocket-Extensions: " + header + b"\r\n", deflate_of(extension)
                 )
         return _NOTHING
 
@@ -281,17 +291,27 @@ UNUSUAL = "unusual"  # websockets reads from here on (or fails the connection)
 SIMPLE = frozenset((Opcode.TEXT.value, Opcode.PING.value, Opcode.PONG.value, Opcode.CLOSE.value))
 
 
-def simple_frame(buffer: bytes, at: int, max_size: int) -> tuple[int, bytes, int] | str:
-    """The whole, masked, unfragmented, uncompressed frame at `at` of the client's
-    bytes as (opcode, unmasked payload, where the next frame starts), when it is a text
-    frame of at most `max_size` bytes, a ping, a pong or a close; else INCOMPLETE (wait
-    for more) or UNUSUAL (anything else: websockets reads it, and everything after).
+def simple_frame(
+    buffer: bytes, at: int, max_size: int, inflate: int = 0
+) -> tuple[int, bytes, int] | str:
+    """The whole, masked, unfragmented frame at `at` of the client's bytes as (opcode,
+    payload, where the next frame starts), when it is a text frame of at most `max_size`
+    bytes, a ping, a pong or a close; else INCOMPLETE (wait for more) or UNUSUAL
+    (anything else: websockets reads it, and everything after).
+
+    `inflate`: the client's window bits when it compresses each message on its own
+    (permessage-deflate, client_no_context_takeover, as browsers do once negotiated):
+    a compressed text frame is then inflated here too; 0: none is.
     """
     if len(buffer) - at < 2:
         return INCOMPLETE
     first, second = buffer[at], buffer[at + 1]
-    # FIN set and no RSV bit (no compression), a known opcode, masked (RFC 6455 5.3).
-    if first & 0xF0 != 0x80 or (first & 0x0F) not in SIMPLE or not second & 0x80:
+    # FIN set and no RSV bit but RSV1 (compressed) on a text frame, a known opcode,
+    # masked (RFC 6455 5.2, 5.3; RFC 7692 6).
+    compressed = first & 0xF0 == 0xC0 and inflate and first & 0x0F == Opcode.TEXT.value
+    if not (first & 0xF0 == 0x80 or compressed) or (first & 0x0F) not in SIMPLE:
+        return UNUSUAL
+    if not second & 0x80:
         return UNUSUAL
     opcode, length, start = first & 0x0F, second & 0x7F, at + 2
     if length == 126:
@@ -304,6 +324,14 @@ def simple_frame(buffer: bytes, at: int, max_size: int) -> tuple[int, bytes, int
     if len(buffer) < end:
         return INCOMPLETE
     payload = apply_mask(buffer[start + 4 : end], buffer[start : start + 4])
+    if compressed:
+        inflater = zlib.decompressobj(-inflate)
+        try:
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff", max_size)
+        except zlib.error:
+            return UNUSUAL  # websockets fails it (1007)
+        if inflater.unconsumed_tail:
+            return UNUSUAL  # inflates past max_size: websockets fails it (1009)
     return opcode, payload, end
 
 
@@ -342,11 +370,12 @@ class FastSocket(asyncio.Protocol):
         "_conn",
         "_frames",
         "_handler",
+        "_inflate",
         "_pending_ping",
         "_unread",
         "buffered",
         "connections",
-        "extensions",
+        "deflate",
         "loop",
         "max_size",
         "ping_interval",
@@ -358,7 +387,7 @@ class FastSocket(asyncio.Protocol):
         self,
         transport: asyncio.Transport,
         conn: ServerProtocol | None,
-        extensions: list[Extension],
+        deflate: Deflate | None,
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
@@ -366,15 +395,18 @@ class FastSocket(asyncio.Protocol):
         self.transport, self._conn, self.connections = transport, conn, connections
         self.write: Callable[[bytes], None] = transport.write
         self.buffered: Callable[[], int] = transport.get_write_buffer_size
-        self.extensions = extensions
+        self.deflate = deflate  # negotiated permessage-deflate (its parameters), if any
+        # The client's window bits if it compresses each message on its own, else 0.
+        self._inflate = (deflate[2] or 15) if deflate is not None and deflate[0] else 0
         self.max_size = max_size
         self.loop = asyncio.get_running_loop()
         self.ping_interval = ping_interval
         self._handler: MessageHandler | None = None
         self._close_sent = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._frames: list[bytes] = []
         self._pending_ping: bytes | None = None
+        if conn is not None:
+            self._frames: list[bytes] = []  # a fragmented message's frames so far
         self._unread = b""  # the start of a frame still incomplete
         connections.add(self)
         if ping_interval:
@@ -387,7 +419,8 @@ class FastSocket(asyncio.Protocol):
         conn = self._conn
         if conn is None:
             conn = self._conn = ServerProtocol(state=OPEN, max_size=self.max_size, logger=log)
-            conn.extensions = self.extensions
+            conn.extensions = [] if self.deflate is None else [PerMessageDeflate(*self.deflate)]
+            self._frames = []
         return conn
 
     @property
@@ -415,7 +448,7 @@ class FastSocket(asyncio.Protocol):
         answer = fast.upgrades.answer(request.method, request.http_version, headers)
         conn: ServerProtocol | None = None
         if answer is not None:
-            response, extensions = answer
+            response, deflate = answer
         else:
             conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
             reply = conn.accept(
@@ -436,8 +469,8 @@ class FastSocket(asyncio.Protocol):
             # state is OPEN, so a fresh parser reads frames.
             conn.parser = conn.parse()
             next(conn.parser)
-            extensions = conn.extensions
-        opened = cls(transport, conn, extensions, connections, max_size, ping_interval)
+            deflate = next(filter(None, map(deflate_of, conn.extensions)), None)
+        opened = cls(transport, conn, deflate, connections, max_size, ping_interval)
         transport.set_protocol(opened)
         fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"), response)
         if request.rest:
@@ -464,7 +497,7 @@ class FastSocket(asyncio.Protocol):
             data, self._unread = self._unread + data, b""
         at = 0
         while at < len(data):
-            frame = simple_frame(data, at, self.max_size)
+            frame = simple_frame(data, at, self.max_size, self._inflate)
             if frame == INCOMPLETE:
                 self._unread = data[at:]  # at most max_size and a header
                 return

@@ -39,10 +39,9 @@ any of these without notice, so raise it only with a `./dev upgrade` that passes
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import re
 from typing import Any, ClassVar, cast
 
-import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -52,14 +51,26 @@ from livepush.transports.sse import TRANSPORT_EXTENSION, SseSocket, StreamHost
 
 WS_PATH = b"/v1/ws"
 
+# The one request head FirstRequest answers itself, in full: `GET /v1/ws[?query]
+# HTTP/1.1` and header fields whose names are tokens and whose values hold only visible
+# characters, spaces and tabs (RFC 9112: no folded lines, no control characters). Any
+# other head (a longer one, another method or version, anything httptools might read
+# differently) is uvicorn's, parsed and answered by httptools as any request.
+TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+UPGRADE_HEAD = re.compile(
+    rb"GET (/v1/ws(?:\?[!-~]*)?) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
+)
+FIELD = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*?)[\t ]*\r\n")
+
 
 class FirstRequest(asyncio.Protocol):
     """A new connection until its first request head is read; what uvicorn builds per connection.
 
     A connection whose first request is a `/v1/ws` upgrade never becomes uvicorn's:
     until its first request shows otherwise, it is only this object, a transport and a
-    small httptools parse. In a reconnect storm that skips, per connection, uvicorn's
-    set-up (loggers, parser, flow control, address lookups) and its ASGI scope. Any
+    match of one regular expression (`UPGRADE_HEAD`). In a reconnect storm that skips,
+    per connection, uvicorn's set-up (loggers, parser, flow control, address lookups)
+    and its ASGI scope. Any
     other first request (or anything this does not understand) gets uvicorn's protocol,
     made then, with the bytes already read replayed to it. A connection that sends no
     whole first request head within 10 s is closed (`_FirstRequests`).
@@ -76,9 +87,7 @@ class FirstRequest(asyncio.Protocol):
         "deadlines",
         "end",
         "headers",
-        "http_version",
         "loop",
-        "method",
         "seen",
         "server_state",
         "transport",
@@ -99,7 +108,6 @@ class FirstRequest(asyncio.Protocol):
         self.seen = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.method = self.http_version = ""
         self.end = 0
         self.deadlines: _FirstRequests | None = None
 
@@ -127,7 +135,7 @@ class FirstRequest(asyncio.Protocol):
         config = self.config
         FastSocket.take_over(
             self.transport,
-            UpgradeRequest(self.method, self.http_version, self.url, self.headers, self.rest),
+            UpgradeRequest("GET", "1.1", self.url, self.headers, self.seen[self.end :]),
             fast,
             self.connections,
             config.ws_max_size,
@@ -156,18 +164,6 @@ class FirstRequest(asyncio.Protocol):
             self.deadlines.discard(self)
             self.deadlines = None
 
-    # httptools' callbacks
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    @property
-    def rest(self) -> bytes:
-        """What the client sent after its request head (its first frames)."""
-        return self.seen[self.end :]
-
     def feed(self, data: bytes) -> object:
         """MORE (the request head is incomplete), UVICORN (anything but a well-formed
         upgrade to /v1/ws: uvicorn takes the connection) or FAST."""
@@ -178,20 +174,12 @@ class FirstRequest(asyncio.Protocol):
         if end < 0:
             return self.MORE if len(seen) < self.MAX_HEAD else self.UVICORN
         self.end = end + 4
-        parser = httptools.HttpRequestParser(self)
-        try:
-            parser.feed_data(seen[: self.end])
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError:
-            return self.UVICORN  # uvicorn answers it with its 400
-        else:
-            return self.UVICORN  # not an upgrade: a plain GET /v1/ws
-        self.method = parser.get_method().decode("latin-1")
-        self.http_version = parser.get_http_version()
-        if self.url.partition(b"?")[0] != WS_PATH or not _upgrades_to_websocket(self.headers):
+        head = UPGRADE_HEAD.fullmatch(seen, 0, self.end)
+        if head is None:
             return self.UVICORN
-        return self.FAST
+        self.url = head[1]
+        self.headers = [(name.lower(), value) for name, value in FIELD.findall(head[2])]
+        return self.FAST if _upgrades_to_websocket(self.headers) else self.UVICORN
 
 
 class LivepushHttpProtocol(HttpToolsProtocol):
@@ -276,8 +264,8 @@ class _FirstRequests:
     uvicorn leaves a connection that never sends a request open for ever: a few
     thousand of them hold file descriptors and memory for nothing. One timer per
     loop; the connections still reading their first request wait in arrival order
-    (an OrderedDict: expiry pops from the front, a connection that moves on leaves
-    from anywhere), so only the slow ones cost anything.
+    (a dict keeps insertion order: expiry pops from the front, a connection that
+    moves on leaves from anywhere), so only the slow ones cost anything.
     """
 
     SECONDS = 10.0
@@ -285,7 +273,7 @@ class _FirstRequests:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: OrderedDict[FirstRequest, float] = OrderedDict()
+        self.waiting: dict[FirstRequest, float] = {}  # in arrival order
         self.timer: asyncio.TimerHandle | None = None
 
     @classmethod

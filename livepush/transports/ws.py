@@ -290,7 +290,7 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
     session's first messages (`subscribed`, a catch-up): one send instead of two per
     connection in a reconnect storm.
     """
-    conn = WsConnection(socket, deflate=bool(socket.extensions))
+    conn = WsConnection(socket, deflate=socket.deflate is not None)
     session = Session(conn, runtime)
     socket.detach(session)
     conn.hold(greeting)
