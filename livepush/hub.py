@@ -123,7 +123,7 @@ class Hub:
         state = self.feeds.get(feed)
         if state is None:
             return None
-        sub = Subscription(conn, feed, receipts)
+        sub = Subscription(conn, state.name, receipts)  # one string for all
         actions = state.join(sub, since, epoch)
         if actions is None:
             return None
@@ -148,7 +148,7 @@ class Hub:
         """
         state = self._watch(feed)
         watch = self._watches[state]
-        sub = Subscription(conn, feed, receipts)
+        sub = Subscription(conn, state.name, receipts)
         state.begin_join(sub)
         try:
             await asyncio.shield(watch.synced)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from livepush.errors import ClientMessageError, InvalidEntry
 from livepush.schema import EDITABLE, MAX_META_BYTES, parse_new_entry, parse_patch
+from livepush.transports.ws import query_params
 from livepush.wire import (
     MAX_CLIENT_MESSAGE,
     MAX_SEQ,
@@ -146,3 +148,8 @@ def test_any_frame_is_a_client_message_or_a_named_error(data: bytes) -> None:
         assert message.epoch is None or isinstance(message.epoch, str)
         assert message.token is None or isinstance(message.token, str)
         assert isinstance(message.receipts, bool)
+
+
+@given(st.text(alphabet="af=&%+;2 é", max_size=30))
+def test_the_query_of_a_websocket_url_reads_as_parse_qsl_reads_it(query: str) -> None:
+    assert query_params(query) == dict(parse_qsl(query))

@@ -60,7 +60,7 @@ TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 UPGRADE_HEAD = re.compile(
     rb"GET (/v1/ws(?:\?[!-~]*)?) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
 )
-FIELD = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*?)[\t ]*\r\n")
+FIELD = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*)\r\n")  # no backtracking
 
 
 class FirstRequest(asyncio.Protocol):
@@ -178,7 +178,8 @@ class FirstRequest(asyncio.Protocol):
         if head is None:
             return self.UVICORN
         self.url = head[1]
-        self.headers = [(name.lower(), value) for name, value in FIELD.findall(head[2])]
+        fields = FIELD.findall(head[2])
+        self.headers = [(name.lower(), value.rstrip(b"\t ")) for name, value in fields]
         return self.FAST if _upgrades_to_websocket(self.headers) else self.UVICORN
 
 

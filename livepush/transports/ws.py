@@ -172,7 +172,8 @@ class Session:
 
     def subscribe(self, message: Subscribe) -> None:
         self._leave(message.feed)
-        self.subs = {feed: sub for feed, sub in self.subs.items() if sub.live}
+        for ended in [feed for feed, sub in self.subs.items() if not sub.live]:
+            del self.subs[ended]
         # A join that just finished is in both until its task's done callback runs:
         # count feeds, not entries, or it takes two places for that moment.
         if len(self.subs.keys() | self.pending.keys()) >= self.max_feeds:
@@ -198,7 +199,7 @@ class Session:
             self._expire_at(feed, grant.expires)
         sub = self.hub.try_join(self.conn, feed, since, epoch, receipts=message.receipts)
         if sub is not None:
-            self.subs[feed] = sub
+            self.subs[sub.feed] = sub  # the hub's string: not one per socket
             return
         task = self.hub.spawn(self._subscribe(message))
         self.pending[feed] = task
@@ -247,7 +248,7 @@ class Session:
         if self.is_closed:
             self.hub.unsubscribe(sub)
         else:
-            self.subs[message.feed] = sub
+            self.subs[sub.feed] = sub
 
     def closed(self) -> None:
         if self.is_closed:
@@ -301,7 +302,7 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
             return
         session.address = address
     try:
-        params = dict(parse_qsl(query))
+        params = query_params(query)
         feed = params.get("feed")
         if feed is not None:
             _subscribe_from_query(
@@ -313,6 +314,19 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
             sub.write = conn.write  # they took the holding write when they joined
     if not session.subs and not session.pending:
         session.wait_for_subscription(runtime.settings.subscribe_timeout)
+
+
+def query_params(query: str) -> dict[str, str]:
+    """`dict(parse_qsl(query))`: blank values left out, the last of a name wins; the
+    plain queries clients send (`feed=live&since=41`) without parse_qsl's set-up."""
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query))
+    params = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if value:
+            params[name] = value
+    return params
 
 
 class FastHandshake:
