@@ -60,6 +60,10 @@ class Format(Enum):
     WS_DEFLATE = "ws-deflate"  # negotiated permessage-deflate: compressed once per event
     SSE = "sse"
 
+    # Members are singletons compared by identity: hashing them by identity too keeps
+    # Enum's Python-level __hash__ out of every lookup of a frame or a group by format.
+    __hash__ = object.__hash__
+
 
 def sse_chunk(data: bytes) -> bytes:
     """`data` as one HTTP/1.1 chunk: SSE rides a chunked response written to the socket."""

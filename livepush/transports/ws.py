@@ -171,9 +171,10 @@ class Session:
         return task is not None or sub is not None
 
     def subscribe(self, message: Subscribe) -> None:
-        self._leave(message.feed)
-        for ended in [feed for feed, sub in self.subs.items() if not sub.live]:
-            del self.subs[ended]
+        if self.subs or self.pending or self._expiry:  # not the first subscription
+            self._leave(message.feed)
+            for ended in [feed for feed, sub in self.subs.items() if not sub.live]:
+                del self.subs[ended]
         # A join that just finished is in both until its task's done callback runs:
         # count feeds, not entries, or it takes two places for that moment.
         if len(self.subs.keys() | self.pending.keys()) >= self.max_feeds:
