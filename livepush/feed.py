@@ -583,6 +583,9 @@ class Feed:
             # so this join is answered in the node's life, never in a stale one.
             self.filling = True
             return [], CatchUp()
+        # The read is of this life: the next joiners as far behind join from memory
+        # instead of reading again (a reconnect storm's readers come back over seconds).
+        self.recent.prepend(history.events, self.head)
         decision = decide(since, epoch, history.epoch, history.head_seq, history.first_seq)
         if isinstance(decision, Lost):
             # The client saw a seq this epoch's history no longer has: writes were

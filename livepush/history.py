@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from livepush.model import Event
@@ -28,6 +28,26 @@ class Ring:
         """Add the feed's next event; the caller guarantees seq order without holes."""
         if self._events.maxlen:
             self._events.append(event)
+
+    def prepend(self, events: Sequence[Event], head_seq: int) -> int:
+        """Put older events in front, as room allows: those of `events` (oldest first)
+        that run without a hole up to just before the oldest held event (up to
+        `head_seq` when none is held). A history read that reaches further back than
+        the ring teaches it what the next joiners behind need. How many were added."""
+        held = self._events
+        end = held[0].seq - 1 if held else head_seq
+        room = (held.maxlen or 0) - len(held)
+        run: list[Event] = []  # newest first
+        for event in reversed(events):
+            if len(run) == room:
+                break
+            if event.seq > end - len(run):
+                continue  # newer than what is missing: the ring holds it
+            if event.seq < end - len(run):
+                break  # a hole: what is older cannot join the ring
+            run.append(event)
+        held.extendleft(run)  # newest first in, so oldest first held
+        return len(run)
 
     def at(self, seq: int) -> Event | None:
         """The event with `seq`, if the ring holds it."""

@@ -88,6 +88,34 @@ def test_ring_of_size_zero_holds_nothing() -> None:
     assert ring.after(0, 3) is None
 
 
+def test_ring_prepend_puts_a_read_reaching_further_back_in_front() -> None:
+    ring = Ring(10)
+    for seq in (8, 9, 10):
+        ring.append(_event(seq))
+    assert ring.prepend([_event(seq) for seq in range(3, 10)], 10) == 5  # 3..7; 8, 9 held
+    assert [event.seq for event in ring.after(2, 10) or []] == list(range(3, 11))
+
+
+def test_ring_prepend_into_an_empty_ring_only_takes_what_ends_at_the_head() -> None:
+    ring = Ring(10)
+    assert ring.prepend([_event(seq) for seq in range(1, 5)], 6) == 0  # 5 and 6 missing
+    assert len(ring) == 0
+    assert ring.prepend([_event(seq) for seq in range(1, 7)], 6) == 6
+    assert [event.seq for event in ring.after(0, 6) or []] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ring_prepend_stops_at_a_hole_and_at_the_ring_size() -> None:
+    ring = Ring(4)
+    ring.append(_event(10))
+    holed = [_event(seq) for seq in (5, 6, 8, 9)]  # 7 missing
+    assert ring.prepend(holed, 10) == 2  # 8, 9: what is older than the hole stays out
+    assert ring.first_seq(10) == 8
+    ring = Ring(4)
+    ring.append(_event(10))
+    assert ring.prepend([_event(seq) for seq in range(1, 10)], 10) == 3  # room for 3
+    assert [event.seq for event in ring.after(6, 10) or []] == [7, 8, 9, 10]
+
+
 def test_ring_clear_forgets_every_event() -> None:
     ring = _ring(10, 1, 2, 3)
     ring.clear()

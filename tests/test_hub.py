@@ -298,3 +298,22 @@ async def test_joiners_in_one_block_of_positions_share_one_history_read() -> Non
     for i, conn in enumerate(conns):
         assert conn.seqs() == list(range(11 + i % 20, 61))
     await hub.aclose()
+
+
+async def test_joiners_arriving_one_after_another_behind_the_ring_share_one_read() -> None:
+    # A reconnect storm's readers come back over seconds, not in one instant: the
+    # first one's read teaches the node's ring what the next ones need.
+    broker = CountingBroker()
+    hub = Hub(broker)
+    await broker.start(hub)
+    await _publish(broker, 60)  # before any subscriber: the node's ring holds none of them
+    conns = [Recorder() for _ in range(20)]
+    for i, conn in enumerate(conns):
+        assert await hub.subscribe(conn, FEED, 40 - i, None) is not None  # each one older
+    late = Recorder()
+    assert hub.try_join(late, FEED, 21, None) is not None  # from memory, without awaiting
+    assert broker.reads == [0]
+    for i, conn in enumerate(conns):
+        assert conn.seqs() == list(range(41 - i, 61))
+    assert late.seqs() == list(range(22, 61))
+    await hub.aclose()
