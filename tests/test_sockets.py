@@ -8,13 +8,17 @@ import struct
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any, cast
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
 from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.transports.fastws import Deflate, FastSocket
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
+from livepush.transports.uvicorn import FirstRequest, _FirstRequests
 from tests.test_hostile_sockets import close_code, frame
 
 HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -249,3 +253,30 @@ async def test_a_compressed_message_websockets_refuses_is_refused_with_its_code(
         writer.write(data)
         assert await close_code(reader) == code
         assert messages.received == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"), [(b"", False), (b"GET /v1/ws?feed=hs HTTP/1.1\r\n", True)]
+)
+async def test_a_first_request_unread_because_the_loop_is_behind_is_not_expired(
+    sent: bytes, kept: bool
+) -> None:
+    # An overloaded loop (a connect storm of 100,000) may reach a connection's bytes
+    # after its deadline: bytes waiting unread show the client was not the late one.
+    # Reading is paused here so that what the peer sends stays in the kernel's queue.
+    async with connected() as (transport, _, writer):
+        loop = asyncio.get_running_loop()
+        first = FirstRequest(Config(app=cast(Any, None)), ServerState(), {}, loop)
+        first.transport = transport
+        transport.pause_reading()
+        writer.write(sent)
+        await writer.drain()
+        await asyncio.sleep(0.1)  # in the server side's receive queue by now
+        deadlines = _FirstRequests.of(loop)
+        deadlines.waiting[first] = loop.time() - 1  # its deadline has passed
+        deadlines.expire()
+        assert transport.is_closing() is not kept
+        assert (first in deadlines.waiting) is kept  # given another SECONDS
+        if deadlines.timer is not None:
+            deadlines.timer.cancel()
+        _FirstRequests._loops.pop(loop, None)

@@ -39,7 +39,10 @@ any of these without notice, so raise it only with a `./dev upgrade` that passes
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
+import sys
+import termios
 from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
@@ -266,7 +269,8 @@ class _FirstRequests:
     thousand of them hold file descriptors and memory for nothing. One timer per
     loop; the connections still reading their first request wait in arrival order
     (a dict keeps insertion order: expiry pops from the front, a connection that
-    moves on leaves from anywhere), so only the slow ones cost anything.
+    moves on leaves from anywhere), so only the slow ones cost anything. A connection
+    whose bytes wait unread is not closed: the loop, not the client, is late.
     """
 
     SECONDS = 10.0
@@ -301,8 +305,25 @@ class _FirstRequests:
                 self.timer = self.loop.call_at(deadline, self.expire)
                 return
             del waiting[first]
+            if _unread(first.transport):
+                # The client did send; this loop has not read it yet (it is behind, as
+                # in a connect storm of 100,000): its lateness is not the client's.
+                waiting[first] = now + self.SECONDS
+                continue
             first.transport.close()  # still no whole request head
         del self._loops[self.loop]
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Whether bytes wait in the connection's receive queue, unread (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return bool(int.from_bytes(queued, sys.byteorder))
 
 
 def _upgrades_to_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
