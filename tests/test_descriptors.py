@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
+import resource
 import shutil
 import socket
 
 import pytest
 
+from livepush.descriptors import has_room
 from tests.support import HOST, Server, wait_until
 
 LIMIT = 80  # open files for the server process (prlimit): a few dozen sockets
@@ -64,3 +66,15 @@ def test_out_of_descriptors_refuses_cleanly_logs_once_and_recovers() -> None:
         for sock in held:
             sock.close()
         server.stop()
+
+
+def test_room_for_more_descriptors_is_tried_not_counted() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (held + 5, hard))
+    try:
+        assert has_room(3)
+        assert not has_room(10)  # five free at most: the tenth open fails
+        assert has_room(3)  # what it opened to try was closed again
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
