@@ -16,7 +16,7 @@ from uvicorn.server import ServerState
 
 from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
-from livepush.transports.fastws import Deflate, FastSocket
+from livepush.transports.fastws import Deflate, FastSocket, Keepalive
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
 from livepush.transports.uvicorn import FirstRequest, _FirstRequests
 from tests.test_hostile_sockets import close_code, frame
@@ -280,3 +280,46 @@ async def test_a_first_request_unread_because_the_loop_is_behind_is_not_expired(
         if deadlines.timer is not None:
             deadlines.timer.cancel()
         _FirstRequests._loops.pop(loop, None)
+
+
+class Pinged:
+    """A socket that only counts its keepalive turns."""
+
+    def __init__(self, turns: list[Pinged]) -> None:
+        self.turns = turns
+
+    def keepalive(self) -> None:
+        self.turns.append(self)
+
+
+async def test_sockets_that_connected_together_are_pinged_over_several_ticks() -> None:
+    # 1,000 readers connected in one instant are all due at the same tick; each tick
+    # pings at most twice its even share (2 * 1,000 / TICKS = 20), so the pings and
+    # their pongs never land on the loop at once.
+    loop = asyncio.get_running_loop()
+    turns: list[Pinged] = []
+    per_tick: list[int] = []
+
+    class Counting(Keepalive):
+        def tick(self) -> None:
+            before = len(turns)
+            super().tick()
+            per_tick.append(len(turns) - before)
+
+    sweep = Keepalive._sweeps[(loop, 0.5)] = Counting(loop, 0.5)
+    sockets = [Pinged(turns) for _ in range(1000)]
+    try:
+        for socket_ in sockets:
+            sweep.add(cast(Socket, socket_))
+        for _ in range(400):  # bounded: about 2 s
+            await asyncio.sleep(0.005)
+            if len(set(map(id, turns))) == len(sockets):
+                break
+        assert len(set(map(id, turns))) == len(sockets)  # every one had its turn
+        assert max(per_tick) <= 2 * len(sockets) // Keepalive.TICKS
+    finally:
+        for socket_ in sockets:
+            sweep.discard(cast(Socket, socket_))
+        if sweep.timer is not None:
+            sweep.timer.cancel()
+        Keepalive._sweeps.pop((loop, 0.5), None)

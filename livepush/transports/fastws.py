@@ -111,15 +111,17 @@ class SharedDeflateFactory(ServerPerMessageDeflateFactory):
 
 
 class Keepalive:
-    """Pings every open WebSocket of a loop from ONE timer, each once per interval.
+    """Pings every open WebSocket of a loop from ONE timer, each about once per interval.
 
     uvicorn arms a timer per socket (about 600 bytes each); here a socket costs a dict
     entry and a deque slot. The deque is in order of each socket's last turn; the
     timer ticks TICKS times per interval and gives a turn to the sockets that are due,
-    so sockets that connected together are pinged together but 10,000 pings never
-    pile onto one tick (they would delay every delivery behind them). A socket's turn
-    is its own `keepalive()`: a ping still unanswered at the next turn closes it, so
-    the timeout is the interval.
+    at most twice the even share of a tick (2 * sockets / TICKS): the 5,000 readers
+    who connected in the same second are not all pinged in one tick (with their pongs,
+    a stall of over 100 ms that every delivery behind it would wait for) but over the
+    next ticks, their interval stretched by a few seconds once. A socket's turn is its
+    own `keepalive()`: a ping still unanswered at the next turn closes it, so the
+    timeout is the interval or more.
     """
 
     TICKS = 100
@@ -155,12 +157,14 @@ class Keepalive:
         turns, last_turn = self.turns, self.last_turn
         now = self.loop.time()
         due = now - self.interval
-        while turns and last_turn.get(turns[0], due) <= due:
+        share = max(1, 2 * len(last_turn) // self.TICKS)
+        while share and turns and last_turn.get(turns[0], due) <= due:
             socket = turns.popleft()
             if socket in last_turn:
                 last_turn[socket] = now
                 socket.keepalive()
                 turns.append(socket)
+                share -= 1
         if turns:
             self.timer = self.loop.call_later(self.interval / self.TICKS, self.tick)
         else:
