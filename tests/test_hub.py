@@ -284,11 +284,18 @@ class CountingBroker(MemoryBroker):
         return await super().history(feed, since, limit)
 
 
-async def test_joiners_in_one_block_of_positions_share_one_history_read() -> None:
+async def _sixty_before_anyone() -> tuple[CountingBroker, Hub]:
+    """A hub on a counting broker whose feed has 60 events published before any
+    subscriber: the node's ring holds none of them."""
     broker = CountingBroker()
     hub = Hub(broker)
     await broker.start(hub)
-    await _publish(broker, 60)  # before any subscriber: the node's ring holds none of them
+    await _publish(broker, 60)
+    return broker, hub
+
+
+async def test_joiners_in_one_block_of_positions_share_one_history_read() -> None:
+    broker, hub = await _sixty_before_anyone()
     conns = [Recorder() for _ in range(50)]
     subs = await asyncio.gather(
         *(hub.subscribe(conn, FEED, 10 + i % 20, None) for i, conn in enumerate(conns))
@@ -303,10 +310,7 @@ async def test_joiners_in_one_block_of_positions_share_one_history_read() -> Non
 async def test_joiners_arriving_one_after_another_behind_the_ring_share_one_read() -> None:
     # A reconnect storm's readers come back over seconds, not in one instant: the
     # first one's read teaches the node's ring what the next ones need.
-    broker = CountingBroker()
-    hub = Hub(broker)
-    await broker.start(hub)
-    await _publish(broker, 60)  # before any subscriber: the node's ring holds none of them
+    broker, hub = await _sixty_before_anyone()
     conns = [Recorder() for _ in range(20)]
     for i, conn in enumerate(conns):
         assert await hub.subscribe(conn, FEED, 40 - i, None) is not None  # each one older

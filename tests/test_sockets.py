@@ -60,10 +60,22 @@ async def connected() -> AsyncIterator[
             await writer.wait_closed()
 
 
-def fast_socket(transport: asyncio.Transport) -> FastSocket:
-    fast = FastSocket(transport, None, None, set(), 65536, None)
+def fast_socket(
+    transport: asyncio.Transport, deflate: Deflate | None = None, max_size: int = 65536
+) -> FastSocket:
+    fast = FastSocket(transport, None, deflate, set(), max_size, None)
     transport.set_protocol(fast)
     return fast
+
+
+def listened(
+    transport: asyncio.Transport, deflate: Deflate | None = None, max_size: int = 65536
+) -> tuple[FastSocket, Messages]:
+    """A FastSocket over `transport` and the messages it hands its session."""
+    websocket = fast_socket(transport, deflate, max_size)
+    messages = Messages()
+    websocket.detach(messages)
+    return websocket, messages
 
 
 class Messages:
@@ -157,9 +169,7 @@ async def test_an_event_stream_whose_reader_left_ends_at_once() -> None:
 
 async def test_whole_text_frames_split_anywhere_arrive_whole_without_websockets() -> None:
     async with connected() as (transport, _, _):
-        websocket = fast_socket(transport)
-        messages = Messages()
-        websocket.detach(messages)
+        websocket, messages = listened(transport)
         sent = [b'{"type":"ping"}', b"x" * 300, '{"é":1}'.encode()]  # 300: a 16-bit length
         data = b"".join(frame(message) for message in sent)
         for at in range(len(data)):  # one byte at a time, as a slow network may
@@ -188,9 +198,7 @@ async def test_a_ping_is_answered_and_a_pong_settles_the_keepalive() -> None:
 
 async def test_a_close_from_the_client_is_echoed_then_the_connection_ends() -> None:
     async with connected() as (transport, reader, writer):
-        websocket = fast_socket(transport)
-        messages = Messages()
-        websocket.detach(messages)
+        _, messages = listened(transport)
         goodbye = struct.pack("!H", 1001) + b"bye"
         writer.write(frame(b'{"type":"ping"}') + frame(goodbye, 0x8) + frame(b"after"))
         assert await gone(reader, 5) == b"\x88\x05" + goodbye  # echoed, then closed
@@ -200,9 +208,7 @@ async def test_a_close_from_the_client_is_echoed_then_the_connection_ends() -> N
 
 async def test_a_fragmented_message_hands_the_socket_to_websockets_which_reads_on() -> None:
     async with connected() as (transport, reader, writer):
-        websocket = fast_socket(transport)
-        messages = Messages()
-        websocket.detach(messages)
+        websocket, messages = listened(transport)
         websocket.data_received(frame(b'{"a":1}'))
         websocket.data_received(frame(b'{"b"', fin=False) + frame(b":2}", 0x0) + frame(b"{}"))
         assert messages.received == [b'{"a":1}', b'{"b":2}', b"{}"]
@@ -225,10 +231,7 @@ DEFLATE: Deflate = (True, True, 12, 12, {})  # as livepush negotiates it
 
 async def test_a_compressed_message_is_inflated_without_websockets() -> None:
     async with connected() as (transport, _, _):
-        websocket = FastSocket(transport, None, DEFLATE, set(), 65536, None)
-        transport.set_protocol(websocket)
-        messages = Messages()
-        websocket.detach(messages)
+        websocket, messages = listened(transport, DEFLATE)
         sent = [b'{"type":"subscribe","feed":"a"}', b'{"type":"ping"}' * 50]
         websocket.data_received(b"".join(compressed(message) for message in sent))
         assert messages.received == sent
@@ -246,10 +249,7 @@ async def test_a_compressed_message_websockets_refuses_is_refused_with_its_code(
     data: bytes, code: int
 ) -> None:
     async with connected() as (transport, reader, writer):
-        websocket = FastSocket(transport, None, DEFLATE, set(), 1000, None)
-        transport.set_protocol(websocket)
-        messages = Messages()
-        websocket.detach(messages)
+        _, messages = listened(transport, DEFLATE, max_size=1000)
         writer.write(data)
         assert await close_code(reader) == code
         assert messages.received == []

@@ -61,7 +61,11 @@ WS_PATH = b"/v1/ws"
 # differently) is uvicorn's, parsed and answered by httptools as any request.
 TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 UPGRADE_HEAD = re.compile(
-    rb"GET (/v1/ws(?:\?[!-~]*)?) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
+    rb"GET ("
+    + re.escape(WS_PATH)
+    + rb"(?:\?[!-~]*)?) HTTP/1\.1\r\n((?:"
+    + TOKEN
+    + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
 )
 FIELD = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*)\r\n")  # no backtracking
 
