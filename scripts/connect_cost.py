@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Print what connecting N WebSocket subscribers costs a livepush server, in CPU.
+"""Print what connecting N WebSocket subscribers costs a server, in CPU.
 
     .venv/bin/python scripts/connect_cost.py --conns 5000 [--subscribe path|message]
+        [--server livepush|floor] [--deflate]
 
-Starts `livepush serve` (embedded broker) on a free loopback port, connects N clients
-with the compiled load generator (scripts/loadgen, built by scripts/bench.py), and
-prints the load generator's connect time and the server's user and system CPU.
-Bounded: the load generator has a deadline, the server is stopped in any case.
+Starts `livepush serve` (embedded broker), or the Python floor
+(scripts/floor_server.py, on a redis-server of its own), on a free loopback port,
+connects N clients with the compiled load generator (scripts/loadgen, built by
+scripts/bench.py), and prints the load generator's connect time and the server's user
+and system CPU. Bounded: the load generator has a deadline, the servers are stopped
+in any case.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until `port` accepts (30 s at most, and only while `process` runs)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"nothing listens on port {port}") from None
+            time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conns", type=int, default=5000)
@@ -41,29 +57,35 @@ def main() -> int:
         default="path",
         help="in the URL (?feed=, as livepush.js does) or by a message after the open",
     )
+    parser.add_argument("--server", choices=["livepush", "floor"], default="livepush")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     args = parser.parse_args()
     if not LOADGEN.exists():
         print("build the load generator first: run scripts/bench.py once", file=sys.stderr)
         return 2
     port = free_port()
-    env = {**os.environ, "LIVEPUSH_LOG_LEVEL": "warning", "LIVEPUSH_PUBLISH_TOKENS": "cost"}
-    server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/livepush"), "serve", "--port", str(port), "--no-demo"], env=env
-    )
+    redis: subprocess.Popen[bytes] | None = None
+    if args.server == "floor":
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(redis_port, redis)
+        command = [sys.executable, str(ROOT / "scripts/floor_server.py"), "--port", str(port)]
+        command += ["--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--feed", "cost"]
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    else:
+        env = {**os.environ, "LIVEPUSH_LOG_LEVEL": "warning", "LIVEPUSH_PUBLISH_TOKENS": "cost"}
+        command = [str(ROOT / ".venv/bin/livepush"), "serve", "--port", str(port), "--no-demo"]
+        server = subprocess.Popen(command, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("livepush did not start") from None
-                time.sleep(0.05)
+        wait_for_port(port, server)
         process = psutil.Process(server.pid)
         before = process.cpu_times()
         command = [str(LOADGEN), "--port", str(port), "--feed", "cost", "--conns", str(args.conns)]
         command += ["--duration", "1", "--deadline", "60", "--subscribe", args.subscribe]
+        command += ["--deflate"] if args.deflate else []
         output = subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
         after = process.cpu_times()
         connect = [
@@ -72,7 +94,7 @@ def main() -> int:
             if "connect_seconds" in line
         ]
         user, system = after.user - before.user, after.system - before.system
-        how = f"{args.conns} connects+subscribes by {args.subscribe}"
+        how = f"{args.server}: {args.conns} connects+subscribes by {args.subscribe}"
         print(f"{how}: {connect[0]} s (load generator)")
         print(
             f"server CPU: user {user:.2f} s, system {system:.2f} s, "
@@ -81,6 +103,9 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(15)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(15)
     return 0
 
 

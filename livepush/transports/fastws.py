@@ -18,8 +18,8 @@ builds a full `Headers` and `Response` per connection. Here (reached from
   close: `simple_frame`), and hand the connection to websockets' sans-I/O
   `ServerProtocol` from the first frame that is anything else (fragments, binary
   messages, anything malformed), which then reads the rest and answers errors with its
-  close codes. That object costs about 90 µs and 1.4 KiB to build: most sockets never
-  need it;
+  close codes. That object (built at a socket's first message or ping before) was
+  most of what an idle socket held: most sockets never need it;
 - the 101 is handed to the app's `Handshaker.open` to leave in one write with the
   session's first messages.
 """
@@ -117,9 +117,8 @@ class Keepalive:
     entry and a deque slot. The deque is in order of each socket's last turn; the
     timer ticks TICKS times per interval and gives a turn to the sockets that are due,
     at most twice the even share of a tick (2 * sockets / TICKS): the 5,000 readers
-    who connected in the same second are not all pinged in one tick (with their pongs,
-    a stall of over 100 ms that every delivery behind it would wait for) but over the
-    next ticks, their interval stretched by a few seconds once. A socket's turn is its
+    who connected in the same second are not all pinged in one tick (their pings and
+    pongs a stall that every delivery behind it would wait for) but over the next ticks, their interval stretched by a few seconds once. A socket's turn is its
     own `keepalive()`: a ping still unanswered at the next turn closes it, so the
     timeout is the interval or more.
     """
