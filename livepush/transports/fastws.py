@@ -118,7 +118,8 @@ class Keepalive:
     timer ticks TICKS times per interval and gives a turn to the sockets that are due,
     at most twice the even share of a tick (2 * sockets / TICKS): the 5,000 readers
     who connected in the same second are not all pinged in one tick (their pings and
-    pongs a stall that every delivery behind it would wait for) but over the next ticks, their interval stretched by a few seconds once. A socket's turn is its
+    pongs a stall that every delivery behind it would wait for) but over the next
+    ticks, their interval stretched by up to half of it once. A socket's turn is its
     own `keepalive()`: a ping still unanswered at the next turn closes it, so the
     timeout is the interval or more.
     """
