@@ -339,6 +339,7 @@ async def measure_window(
         count = -(-count // feeds) * feeds
     for lg in group:
         await lg.send("reset")
+    await (publisher or contender.publisher).warm()
     user_before, system_before = tree_cpu_seconds(server.pid)
     exact_before = tree_cpu_exact(server.pid)
     machine_before = MachineSample.take()

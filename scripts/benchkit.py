@@ -296,15 +296,21 @@ class HttpConnection:
         self.writer: asyncio.StreamWriter | None = None
         self.last_used = 0.0
 
-    async def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
+    async def ready(self) -> None:
+        """Connected, on a connection the server will not close under the next request."""
         if self.writer is not None and time.monotonic() - self.last_used > IDLE_RECONNECT:
             self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.last_used = time.monotonic()
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        await self.ready()
         self.last_used = time.monotonic()
         assert self.reader is not None
+        assert self.writer is not None
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
         for name, value in (headers or {}).items():
             head += f"{name}: {value}\r\n"
@@ -402,6 +408,9 @@ class FloorPublisher:
         self.seq = 0
         self.lock = asyncio.Lock()
 
+    async def warm(self) -> None:
+        """Nothing to do: redis-py keeps its connection open."""
+
     async def publish(self, fields: dict[str, Any]) -> int:
         async with self.lock:
             self.seq += 1
@@ -419,14 +428,21 @@ class LivepushPublisher:
 
     def __init__(self, port: int, connections: int, feeds: int = 0, feed: str = FEED) -> None:
         self.pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
-        for _ in range(connections):
-            self.pool.put_nowait(HttpConnection(port))
+        self.connections = [HttpConnection(port) for _ in range(connections)]
+        for connection in self.connections:
+            self.pool.put_nowait(connection)
         self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         # feeds > 0: entries go round-robin to FEED-0 .. FEED-(feeds - 1), as the
         # loadgens' --feeds subscribes them.
         self.feeds = feeds
         self.feed = feed
         self.published = 0
+
+    async def warm(self) -> None:
+        """Every connection open and fresh before a window: the first entries of a window
+        must not wait for a TCP connect (in a reconnect storm, behind thousands of others
+        in the server's accept queue). Connections idle over IDLE_RECONNECT are replaced."""
+        await asyncio.gather(*(connection.ready() for connection in self.connections))
 
     async def publish(self, fields: dict[str, Any]) -> int:
         feed = f"{self.feed}-{self.published % self.feeds}" if self.feeds else self.feed
@@ -744,6 +760,7 @@ async def publishing_during(
     `at_most` s); then the subscribers' reports on what was published meanwhile."""
     for lg in subscribers:
         await lg.send("reset")
+    await publisher.warm()
     stop = asyncio.Event()
     count = max(1, round(rate * at_most))
     publishing = asyncio.create_task(publish_paced(publisher, rate, count, body, concurrency, stop))
