@@ -31,7 +31,13 @@ and its variants) the fanout scenario measures:
   core, or a publisher that cannot keep the pace (with --max-rate-publishers
   connections). A saturated server core does not stop the search: a server that
   sends every waiting event in one write per socket (natural batching) keeps up while
-  saturated, and loss and the p99 bar say whether it did;
+  saturated, and loss and the p99 bar say whether it did. Issue 11's bursts target
+  asks for the highest rate sustained with zero loss, the p99 reported beside it:
+  its command in the README uses a bar of 10x (`--max-rate-p99-factor 10`), which
+  only tells a server that keeps pace from one that falls behind. A finite step
+  cannot do that by loss alone: the floor at 112 entries/s lost nothing within the
+  drain while its median delivery was 1.3 s late. The default 2x bar is the earlier
+  table's (README "Performance"), a latency bar as much as a rate;
 - with --repeat N: all of the above N times, each with fresh servers; the steady p99
   target is the median of the N runs' ratios.
 
@@ -68,10 +74,12 @@ Run: .venv/bin/python scripts/bench.py [--servers floor,livepush] [--subscribers
      [--rate 10] [--duration 10] [--rounds 3] [--entry-size 1024] [--workers 2]
      [--compression] [--memory-conns 10000] [--max-rate] [--json results.json]
      [--scenarios all] [--repeat 3]
-Issue 11, every target in one run (about 12 minutes; the max-rate search starts
-below the rate where this machine's floor stops, so both servers have sustained steps):
+Issue 11, every target in one run (about 15 minutes; the max-rate search starts low
+enough for both servers to have sustained steps, and its 10x p99 bar is the bursts
+target's, see --max-rate above):
     .venv/bin/python scripts/bench.py --scenarios all --repeat 3 --max-rate \
-        --max-rate-start 8 --max-rate-step 1.15 --json test-artifacts/bench/issue11.json
+        --max-rate-start 8 --max-rate-step 1.3 --max-rate-p99-factor 10 \
+        --json test-artifacts/bench/issue11.json
 """
 
 from __future__ import annotations
@@ -838,6 +846,8 @@ def burst_target(floor: Result, livepush: Result, args: argparse.Namespace) -> T
             f"floor stopped: {floor.max_rate_stop}; livepush stopped: {livepush.max_rate_stop}",
         )
     ratio = lp.rate / f.rate
+    assert floor.window is not None  # it has a max rate, so it had its windows
+    bar = args.max_rate_p99_factor * floor.window.p99_ms
     met: bool | None = ratio >= BURST_BAR
     if not met and livepush.max_rate_stop.startswith(HARNESS_LIMITS):
         met = None  # the harness ran out first: this machine cannot tell
@@ -850,7 +860,9 @@ def burst_target(floor: Result, livepush: Result, args: argparse.Namespace) -> T
         f"{lp.p99_ms:.1f} ms, server CPU {lp.server_cpu_pct:.0f} %; floor {f.rate:g}/s = "
         f"{f.deliveries_per_s:,.0f} deliveries/s, p99 {f.p99_ms:.1f} ms, server CPU "
         f"{f.server_cpu_pct:.0f} %; livepush stopped: {livepush.max_rate_stop}; floor "
-        f"stopped: {floor.max_rate_stop}",
+        f"stopped: {floor.max_rate_stop}; a step is sustained with no loss, the publisher "
+        f"on time, the loadgen core not saturated and p99 within {args.max_rate_p99_factor:g}x "
+        f"the floor's p99 at {args.rate:g}/s ({bar:.0f} ms)",
     )
 
 
