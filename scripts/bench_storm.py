@@ -111,6 +111,7 @@ class StormRound:
     plain_subscribed: int
     plain_failed: int
     plain_server_cpu: float
+    plain_loadgen_cpu: float  # the plain clients' loadgens, on the load core
     calm_plain: Calm
     seconds: float  # first connect() to the last client holding the head
     caught_up: int
@@ -125,6 +126,7 @@ class StormRound:
     resets: int
     behind: int
     server_cpu: float
+    loadgen_cpu: float
     calm: Calm
     reads: dict[int, int]  # the storm feed's history reads of events, by block start
     position_reads: int  # its history.lua runs with limit 0 (the watch's position)
@@ -163,6 +165,7 @@ class StormRound:
             f"unique {self.unique}/{self.expected} lost {self.lost} dups {self.dups} gaps "
             f"{self.gaps} resets {self.resets} failed {self.failed} closed {self.closed}; "
             f"server CPU {self.server_cpu:.2f} s (plain {self.plain_server_cpu:.2f} s); "
+            f"loadgens' CPU {self.loadgen_cpu:.2f} s (plain {self.plain_loadgen_cpu:.2f} s); "
             f"Redis: {self.describe_reads()}; calm during: {self.calm.describe()}; calm "
             f"during plain: {self.calm_plain.describe()}"
         )
@@ -215,7 +218,8 @@ class StormResult:
                 f"{last.clients:,} clients {last.head - last.since} entries behind held the "
                 f"head {last.seconds:.2f} s after the first connect, {last.clients:,} plain "
                 f"connects took {last.plain_seconds:.2f} s; server CPU {last.server_cpu:.2f} "
-                f"vs {last.plain_server_cpu:.2f} s",
+                f"vs {last.plain_server_cpu:.2f} s, the loadgens' (load core) "
+                f"{last.loadgen_cpu:.2f} vs {last.plain_loadgen_cpu:.2f} s",
             ),
             Target(
                 names[2],
@@ -244,6 +248,11 @@ async def storm_catch_up(
     for lg in group:
         await lg.send("connect")
     return await reports_for(group, first, last, within)
+
+
+def loadgens_cpu(group: list[Loadgen]) -> float:
+    """On-CPU seconds of these loadgen processes so far."""
+    return sum(tree_cpu_exact(lg.child.proc.pid) or 0.0 for lg in group)
 
 
 async def storm_round(
@@ -291,9 +300,10 @@ async def storm_round(
         feed=f"plain-{number}",
         processes=processes,
     ) as plain:
-        cpu_before = tree_cpu_exact(server_pid) or 0.0
+        cpu_before, lg_before = tree_cpu_exact(server_pid) or 0.0, loadgens_cpu(plain)
         connected, published, reports = await during(connect_all(plain, args.storm_timeout))
         plain_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
+        plain_lg_cpu = loadgens_cpu(plain) - lg_before
     calm_plain = Calm.of(published, reports)
     await wait_idle(server_pid)
     await wait_for_quiet(args.quiet_wait, args.max_foreign)
@@ -311,11 +321,12 @@ async def storm_round(
     ) as storm:
         before = await redis_calls(redis_port)
         async with RedisMonitor(redis_port) as monitor:
-            cpu_before = tree_cpu_exact(server_pid) or 0.0
+            cpu_before, lg_before = tree_cpu_exact(server_pid) or 0.0, loadgens_cpu(storm)
             caught, published, reports = await during(
                 storm_catch_up(storm, since + 1, head, args.storm_timeout)
             )
             storm_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
+            storm_lg_cpu = loadgens_cpu(storm) - lg_before
         after = await redis_calls(redis_port)
     mine = [read for read in monitor.reads if read.feed == feed]
     blocks = Counter(read.since - read.since % READ_BLOCK for read in mine if read.limit)
@@ -335,6 +346,7 @@ async def storm_round(
         plain_subscribed=int(connected["subscribed"]),
         plain_failed=int(connected["failed"]),
         plain_server_cpu=plain_cpu,
+        plain_loadgen_cpu=plain_lg_cpu,
         calm_plain=calm_plain,
         seconds=seconds if done == n else max(seconds, args.storm_timeout),
         caught_up=done,
@@ -349,6 +361,7 @@ async def storm_round(
         resets=total("resets"),
         behind=total("behind"),
         server_cpu=storm_cpu,
+        loadgen_cpu=storm_lg_cpu,
         calm=Calm.of(published, reports),
         reads=dict(blocks),
         position_reads=sum(1 for read in mine if not read.limit),
