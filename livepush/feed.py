@@ -568,6 +568,14 @@ class Feed:
         sub.last_seq = decision.since
         return [Send(sub, self._go_live(sub, data, events))]
 
+    def seed(self, history: History) -> None:
+        """Learn from a history read what the ring lacks (`Ring.prepend`), so that the
+        next joiners as far behind join from memory; a read of another life teaches
+        nothing. `join_history` does the same for the read it is given."""
+        history = self._scrubbed(history)
+        if history.epoch == self.epoch:
+            self.recent.prepend(history.events, self.head)
+
     def join_history(
         self, sub: Subscription, since: int | None, epoch: str | None, history: History
     ) -> tuple[list[Action], JoinRequest | None]:

@@ -187,10 +187,21 @@ class Hub:
         read = self._reads.get(key)
         if read is None:
             limit = 0 if start is None else self.broker.history_size
-            read = self.spawn(self.broker.history(feed, start or 0, limit))
+            read = self.spawn(self._read(feed, start or 0, limit))
             self._reads[key] = read
             read.add_done_callback(lambda _: self._reads.pop(key, None))
         history: History = await asyncio.shield(read)
+        return history
+
+    async def _read(self, feed: str, after: int, limit: int) -> History:
+        """One shared read. What it brings seeds the feed's ring as it ends, before its
+        joiners resume: a client arriving in between (the read is no longer shared, its
+        first joiner has not run yet; in a storm, a turn of hundreds of arrivals) joins
+        from memory instead of reading again."""
+        state = self.feeds.get(feed)
+        history = await self.broker.history(feed, after, limit)
+        if state is not None and self.feeds.get(feed) is state:
+            state.seed(history)
         return history
 
     def unsubscribe(self, sub: Subscription) -> None:

@@ -15,6 +15,7 @@ import pytest
 from livepush.brokers.base import Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.entries import entry_fields, new_entry_id
+from livepush.feed import Subscription
 from livepush.hub import Format, Hub
 from livepush.model import Change, CloseCode, Event, EventType, History
 from livepush.wire import entry_template, ws_frame
@@ -320,4 +321,26 @@ async def test_joiners_arriving_one_after_another_behind_the_ring_share_one_read
     for i, conn in enumerate(conns):
         assert conn.seqs() == list(range(41 - i, 61))
     assert late.seqs() == list(range(22, 61))
+    await hub.aclose()
+
+
+async def test_a_joiner_between_a_reads_end_and_its_joiners_turn_joins_from_memory() -> None:
+    # The shared read is no longer in flight, and its first joiner has not run yet: in
+    # a storm, a turn of the loop brings hundreds of arrivals in that gap. They must
+    # find the ring already taught, or each of them reads the block again.
+    broker, hub = await _sixty_before_anyone()
+    first = asyncio.create_task(hub.subscribe(Recorder(), FEED, 10, None))
+    for _ in range(100):  # the feed's watch first syncs, then the join's read starts
+        if hub._reads:
+            break
+        await asyncio.sleep(0)
+    (read,) = hub._reads.values()
+    late = Recorder()
+    joined: list[Subscription | None] = []
+    read.add_done_callback(lambda _: joined.append(hub.try_join(late, FEED, 12, None)))
+    assert await first is not None
+    assert len(joined) == 1
+    assert joined[0] is not None  # from memory, in the gap
+    assert broker.reads == [0]
+    assert late.seqs() == list(range(13, 61))
     await hub.aclose()
