@@ -129,9 +129,12 @@ from benchkit import (
 )
 
 SCENARIOS = ("connect", "fanout", "storm", "crowd")
-# livepush's p50 at 10 entries/s to 5,000 subscribers before issue 11: README
-# "Performance", the row "livepush (compression off)" (5 rounds of 10 s).
-README_P50_MS = 34.2
+# livepush's p50 at 10 entries/s to 5,000 subscribers before issue 11, against the
+# floor's in the same run: README "Performance", the rows "floor" and "livepush
+# (compression off)" (5 rounds of 10 s). A ratio, so that another machine (faster or
+# slower alike for both) does not decide the target.
+README_P50_MS, README_FLOOR_P50_MS = 34.2, 31.9
+README_P50_RATIO = README_P50_MS / README_FLOOR_P50_MS  # 1.07x
 P50_TOLERANCE = 1.1  # "stays as it is": within 10 %, the spread between runs
 STEADY_P99_BAR = 1.2
 BURST_BAR = 1.5
@@ -794,15 +797,17 @@ def fanout_targets(results: list[Result], args: argparse.Namespace) -> list[Targ
     assert f is not None
     setting = f"{args.subscribers:,} subscribers x {args.rate:g} entries/s"
     same = args.rate == 10 and args.subscribers == 5000 and args.entry_size == 1024
+    ratio = w.p50_ms / f.p50_ms
     found.append(
         Target(
             names[1],
-            f"{w.p50_ms:.1f} ms vs the README's {README_P50_MS:g} ms",
-            f"<= {P50_TOLERANCE:g}x the README's",
-            w.p50_ms <= P50_TOLERANCE * README_P50_MS if same else None,
-            f"{setting}, all {len(livepush.rounds)} windows; the floor's p50 in this run "
-            f"{f.p50_ms:.1f} ms ({w.p50_ms / f.p50_ms:.2f}x)"
-            + ("" if same else "; the README's figure is for 5,000 x 10/s of 1 KiB"),
+            f"{ratio:.2f}x the floor's p50 vs the README's {README_P50_RATIO:.2f}x",
+            f"<= {P50_TOLERANCE:g}x the README's ratio",
+            ratio <= P50_TOLERANCE * README_P50_RATIO if same else None,
+            f"{setting}, all {len(livepush.rounds)} windows: livepush {w.p50_ms:.1f} ms, "
+            f"the floor {f.p50_ms:.1f} ms (the README's: {README_P50_MS:g} and "
+            f"{README_FLOOR_P50_MS:g} ms)"
+            + ("" if same else "; the README's figures are for 5,000 x 10/s of 1 KiB"),
         )
     )
     pairs = list(zip(floor.runs, livepush.runs, strict=False))
