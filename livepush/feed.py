@@ -571,7 +571,8 @@ class Feed:
     def seed(self, history: History) -> None:
         """Learn from a history read what the ring lacks (`Ring.prepend`), so that the
         next joiners as far behind join from memory; a read of another life teaches
-        nothing. `join_history` does the same for the read it is given."""
+        nothing. `Hub` calls it as a shared read ends; `join_history` for the read it
+        is given."""
         history = self._scrubbed(history)
         if history.epoch == self.epoch:
             self.recent.prepend(history.events, self.head)
@@ -583,7 +584,10 @@ class Feed:
         join is complete: `ReadHistory` (the node moved on while the client read: read
         again from where it got to), `RenewEpoch` or `CatchUp` (then read again as
         before)."""
-        history = self._scrubbed(history)
+        # A read of this life teaches the ring: the next joiners as far behind join from
+        # memory instead of reading again (a storm's readers come back over seconds).
+        self.seed(history)
+        history = self._scrubbed(history)  # the seed's, kept (`_scrub`)
         if history.epoch != self.epoch:
             # The feed's history was lost (Redis emptied) and this node has not yet
             # noticed, or the read is older than a change the node already made: the
@@ -591,9 +595,6 @@ class Feed:
             # so this join is answered in the node's life, never in a stale one.
             self.filling = True
             return [], CatchUp()
-        # The read is of this life: the next joiners as far behind join from memory
-        # instead of reading again (a reconnect storm's readers come back over seconds).
-        self.recent.prepend(history.events, self.head)
         decision = decide(since, epoch, history.epoch, history.head_seq, history.first_seq)
         if isinstance(decision, Lost):
             # The client saw a seq this epoch's history no longer has: writes were
