@@ -19,7 +19,7 @@ One livepush node (one worker, on the server core) on its own redis-server:
    over the storm is measured against their calm p99. The publisher's keep-alive
    connections are opened before each window (`LivepushPublisher.warm`): an entry
    whose POST had to connect first waited in the accept queue behind the storm's
-   clients (60 to 90 ms), which measured the publisher's connect, not the delivery.
+   clients, which measured the publisher's connect, not the delivery.
 5. Redis history reads during the storm: every run of livepush's history.lua that
    Redis sees (MONITOR, the script told by its SHA1; see benchkit.RedisMonitor), by
    feed and by the 64-position block its `since` falls in. A run with limit 0 reads
