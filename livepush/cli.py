@@ -100,8 +100,6 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from livepush.auth import Access
     from livepush.logs import log_config
 
@@ -125,7 +123,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"livepush: warning: {warning}", file=sys.stderr, flush=True)
     # Worker processes build their settings from the environment: tell them the flags.
     os.environ.update(config.environment(flags))
-    uvicorn.run(
+    from livepush.transports import listeners
+
+    uvicorn_config = listeners.Config(
         "livepush.app:app_from_environment",
         factory=True,
         host=settings.host,
@@ -149,6 +149,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=settings.log_level == "debug",
         server_header=False,
     )
+    listeners.run(uvicorn_config)
     return 0
 
 

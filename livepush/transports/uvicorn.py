@@ -34,6 +34,10 @@ any of these without notice, so raise it only with a `./dev upgrade` that passes
   is under way, which keep uvicorn quiet and closing when a stream ends. Changed, an
   ended stream gets a 500 or an error logged behind it, or breaks keep-alive
   (tests/test_sse.py: SIGTERM, the outage's keep-alive).
+- For `--workers N` (listeners.py): `Config.bind_socket()`, `Multiprocess(config,
+  sockets=)` handing its sockets to each worker it spawns through multiprocessing's
+  pickling, and the worker's `Server.startup` listening on the socket it got. Changed,
+  the workers share one socket again, or do not start (tests/test_cluster.py).
 """
 
 from __future__ import annotations
