@@ -28,7 +28,7 @@ from livepush.api import docs, feeds, ingest, ops, stories
 from livepush.brokers.base import Broker
 from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
-from livepush.descriptors import CHECK_SECONDS, DescriptorWatch
+from livepush.descriptors import CHECK_SECONDS, DescriptorWatch, reserve_table
 from livepush.errors import Conflict, LivepushError, RateLimited, Unauthorized
 from livepush.gc_policy import GcPolicy
 from livepush.metrics import REPORT_SECONDS, start_report
@@ -198,6 +198,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        reserve_table()  # no stall when a connect storm crosses 2,048, 4,096, ... sockets
         await runtime.broker.start(runtime.hub)
         if settings.demo and isinstance(runtime.broker, MemoryBroker):
             await seed_demo(runtime.broker)

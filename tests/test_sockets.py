@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, cast
@@ -18,7 +20,7 @@ from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.transports.fastws import Deflate, FastSocket, Keepalive
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
-from livepush.transports.uvicorn import FirstRequest, _FirstRequests
+from livepush.transports.uvicorn import FirstRequest, _FirstRequests, _Handshakes
 from tests.test_hostile_sockets import close_code, frame
 
 HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -280,6 +282,60 @@ async def test_a_first_request_unread_because_the_loop_is_behind_is_not_expired(
         if deadlines.timer is not None:
             deadlines.timer.cancel()
         _FirstRequests._loops.pop(loop, None)
+
+
+class Upgrade:
+    """An upgrade that takes at least 1 ms to answer and says in which turn it was."""
+
+    def __init__(self, turns: list[int], turn: list[int]) -> None:
+        self.turns, self.turn = turns, turn
+
+    def take_over(self) -> None:
+        until = time.perf_counter() + 0.001
+        while time.perf_counter() < until:
+            pass
+        self.turns.append(self.turn[0])
+
+
+async def test_upgrades_past_a_turns_budget_are_answered_in_later_turns_in_order() -> None:
+    # A storm's turn read a thousand request heads and answered them all (30 ms and
+    # more): upgrades past BUDGET (2 ms) wait for the next turns, after a poll each.
+    loop = asyncio.get_running_loop()
+    turn = [0]
+
+    def count_turns() -> None:  # one step per turn of the loop, while the test runs
+        turn[0] += 1
+        handle[0] = loop.call_soon(count_turns)
+
+    handle = [loop.call_soon(count_turns)]
+    answered: list[int] = []
+    upgrades = [Upgrade(answered, turn) for _ in range(12)]
+    handshakes = _Handshakes.of(loop)
+    for upgrade in upgrades:
+        handshakes.submit(upgrade)
+    assert answered == [0, 0]  # 1 ms each: the third would go past 2 ms
+    assert len(handshakes.waiting) == 10
+    for _ in range(50):
+        if len(answered) == 12:
+            break
+        await asyncio.sleep(0)
+    handle[0].cancel()
+    assert len(answered) == 12  # every one, in arrival order
+    per_turn = Counter(answered)
+    assert max(per_turn.values()) <= 3  # 2 ms, and the one that crossed it
+    assert len(per_turn) >= 5
+    assert loop not in _Handshakes._loops  # nothing waits: gone with its last turn
+
+
+async def test_an_upgrade_whose_connection_closed_while_it_waited_is_not_answered() -> None:
+    async with connected() as (transport, reader, _):
+        first = FirstRequest(Config(app=cast(Any, None)), ServerState(), {}, None)
+        first.transport = transport
+        first.connections.add(first)
+        transport.close()
+        first.take_over()  # its turn came after the close: nothing is written
+        assert first not in first.connections
+        assert await reader.read() == b""
 
 
 class Pinged:

@@ -47,7 +47,9 @@ import fcntl
 import re
 import sys
 import termios
-from typing import Any, ClassVar, cast
+from collections import deque
+from time import perf_counter
+from typing import Any, ClassVar, Protocol, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -99,6 +101,7 @@ class FirstRequest(asyncio.Protocol):
         "end",
         "headers",
         "loop",
+        "queued",
         "seen",
         "server_state",
         "transport",
@@ -121,6 +124,7 @@ class FirstRequest(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.end = 0
         self.deadlines: _FirstRequests | None = None
+        self.queued = False  # its upgrade waits for its turn (`_Handshakes`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -129,17 +133,30 @@ class FirstRequest(asyncio.Protocol):
             self._to_uvicorn()  # no app of create_app's: nothing to tell apart
             return
         self.connections.add(self)
-        self.deadlines = _FirstRequests.of(self.loop or asyncio.get_running_loop())
+        loop = self.loop = self.loop or asyncio.get_running_loop()
+        self.deadlines = _FirstRequests.of(loop)
         self.deadlines.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.queued:  # bytes sent behind the upgrade request: the socket's, later
+            self.seen += data
+            return
         verdict = self.feed(data)
         if verdict is self.MORE:
             return
-        self.connections.discard(self)
         self.let_go()
         if verdict is self.UVICORN:
+            self.connections.discard(self)
             self._to_uvicorn()
+            return
+        # Still among uvicorn's connections while it waits: a shutdown closes it.
+        self.queued = True
+        _Handshakes.of(self.loop or asyncio.get_running_loop()).submit(self)
+
+    def take_over(self) -> None:
+        """Its turn has come: answer the upgrade (unless the connection went meanwhile)."""
+        self.connections.discard(self)
+        if self.transport.is_closing():
             return
         fast = LivepushHttpProtocol.fast_path
         assert fast is not None
@@ -268,6 +285,64 @@ class LivepushHttpProtocol(HttpToolsProtocol):
         super().shutdown()
         if self._stream is not None:
             self._stream.shutdown()
+
+
+class _Handshakes:
+    """Answers `/v1/ws` upgrades for at most BUDGET seconds per turn of the loop.
+
+    In a connect storm one turn of the loop reads the request heads of every connection
+    accepted in the turn before: a thousand and more, each answered with its handshake,
+    its join and its catch-up (some 30 µs). Answered all at once, they held the loop
+    for 30 ms and more, and everything else the loop does (an entry's POST, its
+    pub/sub message, the fan-out to readers already there) waited for the whole turn,
+    several times over on an entry's way in and out. Here the upgrades past the
+    turn's BUDGET wait in arrival order, and each later turn answers the next BUDGET's
+    worth, after the loop has polled its sockets. When the loop has time, the first
+    upgrades of a turn are answered at once, as before.
+    """
+
+    BUDGET = 0.002
+    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Handshakes]] = {}
+
+    class Waiting(Protocol):
+        def take_over(self) -> None: ...
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: deque[_Handshakes.Waiting] = deque()
+        self.spent = 0.0  # seconds of upgrades answered in this turn
+        self.next_turn_scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Handshakes:
+        found = cls._loops.get(loop)
+        if found is None:
+            found = cls._loops[loop] = cls(loop)
+        return found
+
+    def submit(self, first: _Handshakes.Waiting) -> None:
+        if self.waiting or self.spent >= self.BUDGET:
+            self.waiting.append(first)
+        else:
+            started = perf_counter()
+            first.take_over()
+            self.spent += perf_counter() - started
+        if not self.next_turn_scheduled:
+            self.next_turn_scheduled = True
+            self.loop.call_soon(self.next_turn)
+
+    def next_turn(self) -> None:
+        """A new turn: answer the waiting upgrades for up to BUDGET."""
+        self.next_turn_scheduled = False
+        waiting, started = self.waiting, perf_counter()
+        while waiting and perf_counter() - started < self.BUDGET:
+            waiting.popleft().take_over()
+        self.spent = perf_counter() - started
+        if waiting:
+            self.next_turn_scheduled = True
+            self.loop.call_soon(self.next_turn)  # after the loop has polled again
+        else:
+            del self._loops[self.loop]  # made again at the next upgrade
 
 
 class _FirstRequests:
