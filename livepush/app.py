@@ -203,6 +203,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         if settings.demo and isinstance(runtime.broker, MemoryBroker):
             await seed_demo(runtime.broker)
         loop = asyncio.get_running_loop()
+        runtime.loop_lag.start(loop)
         # Scheduled entries, released by whichever node comes first (each once).
         releaser = Releaser(runtime.broker)
         releaser.look()
@@ -227,6 +228,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
                 loop.remove_signal_handler(signal.SIGHUP)
             runtime.draining = True
             keepalive.cancel()
+            runtime.loop_lag.stop()
             descriptors.cancel()
             freezer.cancel()
             presence.cancel()

@@ -21,7 +21,7 @@ from livepush.brokers.base import Broker
 from livepush.config import Settings
 from livepush.errors import BrokerUnavailable
 from livepush.hub import Hub
-from livepush.timing import Histogram
+from livepush.timing import Histogram, LoopLag
 
 # How often each node leaves its figures in the broker for `livepush stats`.
 REPORT_SECONDS = 5.0
@@ -40,6 +40,8 @@ class Counters(Protocol):
     def published(self) -> int: ...
     @property
     def broker(self) -> Broker: ...
+    @property
+    def loop_lag(self) -> LoopLag: ...
 
 
 class RuntimeCollector(Collector):
@@ -92,6 +94,11 @@ class RuntimeCollector(Collector):
             "livepush_accept_to_write_seconds",
             "From an event's publish on its ingest node to its last socket write here",
             timings.age,
+        )
+        yield _histogram(
+            "livepush_loop_lag_seconds",
+            "How late the event loop ran a timer due every 10 ms (its longest turns)",
+            runtime.loop_lag.histogram,
         )
 
 

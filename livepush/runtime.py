@@ -22,6 +22,7 @@ from livepush.errors import BrokerUnavailable
 from livepush.gc_policy import GcPolicy
 from livepush.hub import Hub
 from livepush.metrics import registry_for
+from livepush.timing import LoopLag
 
 
 class SseStream(Protocol):
@@ -43,6 +44,7 @@ class Runtime:
         self.sse_streams: set[SseStream] = set()
         self.ws_connections = 0
         self.gc = GcPolicy()
+        self.loop_lag = LoopLag()  # started and stopped by the app's lifespan
         self.published = 0
         self.draining = False
         self.registry = registry_for(self)

@@ -97,7 +97,8 @@ def render(nodes: list[Figures], now: float | None = None) -> str:
         lines.append(
             f"  p50 / p99       publish {_latency(f, 'livepush_publish_seconds')}, "
             f"fan-out {_latency(f, 'livepush_fanout_seconds')}, "
-            f"accept to write {_latency(f, 'livepush_accept_to_write_seconds')}"
+            f"accept to write {_latency(f, 'livepush_accept_to_write_seconds')}, "
+            f"loop lag {_latency(f, 'livepush_loop_lag_seconds')}"
         )
         shards = [
             (name[len('livepush_broker_shard_connected{shard="') : -2], value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +40,9 @@ async def test_metrics_count_connections_subscriptions_and_events(server: Server
     assert "livepush_subscriptions 1.0" in text
     assert "livepush_events_accepted_total 1.0" in text
     assert "livepush_deliveries_total 1.0" in text
+    lag_ticks = re.search(r"^livepush_loop_lag_seconds_count (\S+)$", text, re.M)
+    assert lag_ticks is not None
+    assert float(lag_ticks[1]) > 0  # the loop-lag timer has ticked since start-up
     await client.close()
 
 
