@@ -10,15 +10,21 @@ from typing import Protocol
 
 from livepush.model import Event
 
-# Seconds: from half a millisecond (one Redis round trip on a LAN) to ten seconds.
+# Seconds: from half a millisecond (one Redis round trip on a LAN) to ten seconds,
+# finer between 5 and 100 ms, where a turn of the loop and a reader's latency fall.
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
     0.0025,
     0.005,
+    0.0075,
     0.01,
+    0.015,
+    0.02,
     0.025,
+    0.035,
     0.05,
+    0.075,
     0.1,
     0.25,
     0.5,

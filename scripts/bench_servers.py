@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -139,6 +140,76 @@ async def feed_position(port: int, feed: str) -> tuple[str, int]:
         raise RuntimeError(f"GET /v1/feeds/{feed} answered {status}: {body[:200]!r}")
     info = orjson.loads(body)
     return str(info["epoch"]), int(info["head_seq"])
+
+
+HISTOGRAM_BUCKET = re.compile(rb'^(livepush_[a-z_]+)_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+LOOP_LAG, ACCEPT_TO_WRITE = "livepush_loop_lag_seconds", "livepush_accept_to_write_seconds"
+
+
+async def histograms(port: int) -> dict[str, dict[float, float]]:
+    """livepush's histograms now (`GET /metrics`, between measurements, never during
+    one): by name, cumulative counts by upper bound in seconds."""
+    connection = HttpConnection(port)
+    try:
+        status, body = await asyncio.wait_for(connection.request("GET", "/metrics"), 10)
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"GET /metrics answered {status}")
+    found: dict[str, dict[float, float]] = {}
+    for name, bound, count in HISTOGRAM_BUCKET.findall(body):
+        found.setdefault(name.decode(), {})[float(bound)] = float(count)
+    return found
+
+
+@dataclass(frozen=True)
+class HistogramWindow:
+    """One of the server's histograms over a window: the difference of two scrapes."""
+
+    count: int
+    p99_bound_ms: float  # the upper bound of the bucket holding the 99th percentile
+    max_bound_ms: float  # the upper bound of the highest bucket with a count in it
+
+    @staticmethod
+    def between(before: dict[float, float], after: dict[float, float]) -> HistogramWindow:
+        bounds = sorted(after)
+        cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+        count = int(cumulative[-1]) if cumulative else 0
+        if not count:
+            return HistogramWindow(0, 0.0, 0.0)
+        p99 = next(b for b, c in zip(bounds, cumulative, strict=True) if c >= 0.99 * count)
+        below = [0.0, *cumulative[:-1]]
+        top = max(b for b, c, lo in zip(bounds, cumulative, below, strict=True) if c > lo)
+        return HistogramWindow(count, p99 * 1000, top * 1000)
+
+    def bounds(self) -> str:
+        def ms(bound: float) -> str:
+            return "over the top bucket" if bound == float("inf") else f"<= {bound:g} ms"
+
+        return f"p99 {ms(self.p99_bound_ms)}, max {ms(self.max_bound_ms)}"
+
+
+@dataclass(frozen=True)
+class ServerWindow:
+    """What the server's own histograms say of a window."""
+
+    loop_lag: HistogramWindow  # how late its 10 ms timer ran: its longest turns
+    accept_to_write: HistogramWindow  # an entry's ingest to its fan-out's last write
+
+    @staticmethod
+    def between(
+        before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+    ) -> ServerWindow:
+        def window(name: str) -> HistogramWindow:
+            return HistogramWindow.between(before.get(name, {}), after.get(name, {}))
+
+        return ServerWindow(window(LOOP_LAG), window(ACCEPT_TO_WRITE))
+
+    def describe(self) -> str:
+        return (
+            f"server: loop lag {self.loop_lag.bounds()} ({self.loop_lag.count} ticks of "
+            f"its 10 ms timer), accept to last write {self.accept_to_write.bounds()}"
+        )
 
 
 async def wait_idle(pid: int, within: float = 15.0, busy_pct: float = 5.0) -> float:

@@ -43,7 +43,14 @@ from dataclasses import dataclass, field
 from math import inf
 from typing import Any, TypeVar
 
-from bench_servers import LIVEPUSH_VARIANT, feed_position, server_process, wait_idle
+from bench_servers import (
+    LIVEPUSH_VARIANT,
+    ServerWindow,
+    feed_position,
+    histograms,
+    server_process,
+    wait_idle,
+)
 from benchkit import (
     LivepushPublisher,
     Loadgen,
@@ -81,9 +88,10 @@ class Calm:
     lost: int
     dups: int
     gaps: int
+    server: ServerWindow  # the server's own histograms meanwhile (/metrics)
 
     @staticmethod
-    def of(published: PublishResult, reports: list[dict[str, Any]]) -> Calm:
+    def of(published: PublishResult, reports: list[dict[str, Any]], server: ServerWindow) -> Calm:
         hist = merged_hist(reports)
         return Calm(
             len(published.seqs),
@@ -93,12 +101,14 @@ class Calm:
             sum(r["lost"] for r in reports),
             sum(r["dups"] for r in reports),
             sum(r["gaps"] for r in reports),
+            server,
         )
 
     def describe(self) -> str:
         return (
             f"{self.entries} entries, p50 {self.p50_ms:.1f} p99 {self.p99_ms:.1f} max "
-            f"{self.max_ms:.1f} ms, lost {self.lost} dups {self.dups} gaps {self.gaps}"
+            f"{self.max_ms:.1f} ms, lost {self.lost} dups {self.dups} gaps {self.gaps}; "
+            f"{self.server.describe()}"
         )
 
 
@@ -228,7 +238,13 @@ class StormResult:
                 calm_ratio <= CALM_BAR,
                 f"{self.calm_subscribers:,} subscribers at 10 entries/s: p99 "
                 + ", ".join(f"{r.calm.p99_ms:.1f}" for r in rounds)
-                + f" ms during the storms vs {self.calm.p99_ms:.1f} ms calm",
+                + f" ms during the storms vs {self.calm.p99_ms:.1f} ms calm; the server's "
+                + "longest turns (loop lag, max bucket) "
+                + ", ".join(f"{r.calm.server.loop_lag.max_bound_ms:g}" for r in rounds)
+                + f" ms during the storms vs {self.calm.server.loop_lag.max_bound_ms:g} ms "
+                + "calm; an entry's ingest to its last write there (p99 bucket) "
+                + ", ".join(f"{r.calm.server.accept_to_write.p99_bound_ms:g}" for r in rounds)
+                + f" ms vs {self.calm.server.accept_to_write.p99_bound_ms:g} ms calm",
             ),
             Target(
                 "storm history reads",
@@ -239,6 +255,17 @@ class StormResult:
                 + "; ".join(f"round {i + 1}: {r.describe_reads()}" for i, r in enumerate(rounds)),
             ),
         ]
+
+
+async def server_during(
+    port: int, window: Awaitable[tuple[T, PublishResult, list[dict[str, Any]]]]
+) -> tuple[T, PublishResult, list[dict[str, Any]], ServerWindow]:
+    """`window` (a publishing_during), with what the server's histograms say of it:
+    /metrics read just before it starts and just after its reports are in."""
+    before = await histograms(port)
+    value, published, reports = await window
+    server = ServerWindow.between(before, await histograms(port))
+    return value, published, reports, server
 
 
 async def storm_catch_up(
@@ -274,8 +301,8 @@ async def storm_round(
     epoch, head = await feed_position(port, feed)
     since = head - args.storm_behind
 
-    def during(what: Awaitable[T]) -> Awaitable[tuple[T, PublishResult, list[dict[str, Any]]]]:
-        return publishing_during(
+    async def during(what: Awaitable[T]) -> tuple[T, Calm]:
+        window = publishing_during(
             calm,
             publisher,
             args.rate,
@@ -286,6 +313,8 @@ async def storm_round(
             at_most=args.storm_timeout + 30,
             drain=args.drain,
         )
+        value, published, reports, server = await server_during(port, window)
+        return value, Calm.of(published, reports, server)
 
     n, processes = args.storm_clients, args.storm_loadgens
     await wait_idle(server_pid)
@@ -301,10 +330,9 @@ async def storm_round(
         processes=processes,
     ) as plain:
         cpu_before, lg_before = tree_cpu_exact(server_pid) or 0.0, loadgens_cpu(plain)
-        connected, published, reports = await during(connect_all(plain, args.storm_timeout))
+        connected, calm_plain = await during(connect_all(plain, args.storm_timeout))
         plain_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
         plain_lg_cpu = loadgens_cpu(plain) - lg_before
-    calm_plain = Calm.of(published, reports)
     await wait_idle(server_pid)
     await wait_for_quiet(args.quiet_wait, args.max_foreign)
     resume = Resume(since, epoch, head)
@@ -322,7 +350,7 @@ async def storm_round(
         before = await redis_calls(redis_port)
         async with RedisMonitor(redis_port) as monitor:
             cpu_before, lg_before = tree_cpu_exact(server_pid) or 0.0, loadgens_cpu(storm)
-            caught, published, reports = await during(
+            caught, calm_storm = await during(
                 storm_catch_up(storm, since + 1, head, args.storm_timeout)
             )
             storm_cpu = (tree_cpu_exact(server_pid) or 0.0) - cpu_before
@@ -362,7 +390,7 @@ async def storm_round(
         behind=total("behind"),
         server_cpu=storm_cpu,
         loadgen_cpu=storm_lg_cpu,
-        calm=Calm.of(published, reports),
+        calm=calm_storm,
         reads=dict(blocks),
         position_reads=sum(1 for read in mine if not read.limit),
         other_reads=len(monitor.reads) - len(mine),
@@ -399,18 +427,21 @@ async def run_storm(args: argparse.Namespace) -> StormResult:
             )
             await calm_window  # warm-up: lazy imports, first allocations
             await wait_for_quiet(args.quiet_wait, args.max_foreign)
-            _, published, reports = await publishing_during(
-                calm,
-                publisher,
-                args.rate,
-                body,
-                args.publishers,
-                asyncio.sleep(args.storm_calm_seconds),
-                at_least=args.storm_calm_seconds,
-                at_most=args.storm_calm_seconds + 1,
-                drain=args.drain,
+            _, published, reports, server_calm = await server_during(
+                port,
+                publishing_during(
+                    calm,
+                    publisher,
+                    args.rate,
+                    body,
+                    args.publishers,
+                    asyncio.sleep(args.storm_calm_seconds),
+                    at_least=args.storm_calm_seconds,
+                    at_most=args.storm_calm_seconds + 1,
+                    drain=args.drain,
+                ),
             )
-            result.calm = Calm.of(published, reports)
+            result.calm = Calm.of(published, reports, server_calm)
             say(f"storm calm: {result.calm.describe()}")
             for number in range(1, args.storm_rounds + 1):
                 done = await storm_round(
