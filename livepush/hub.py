@@ -57,8 +57,8 @@ STALL_SECONDS = 10.0
 # Joiners whose `since` falls in one block of this many positions share a history read.
 READ_BLOCK = 64
 # Joiners resumed per turn of the loop after a shared wait (a read, a feed's first
-# position): each writes its catch-up, some 50-100 µs with 50 events.
-RESUMED_PER_TURN = 32
+# position), each joining and writing its catch-up: a few milliseconds' worth.
+RESUMED_PER_TURN = 64
 # Backoff between history reads that fail or make no progress.
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 

@@ -11,8 +11,8 @@ class Turnstile:
 
     In a reconnect storm hundreds of joiners wait for the same history read; when it
     ends, every one of them would resume in the one turn that follows and write its
-    catch-up (a join and 50 events each: 35 ms for a few hundred on the test machine),
-    with every other reader's fan-out waiting behind that turn. Through a turnstile
+    catch-up (a join and up to 50 events each), tens of milliseconds with every other
+    reader's fan-out waiting behind that turn. Through a turnstile
     they resume `per_turn` at a time, one batch per turn, the loop polling its sockets
     between batches. When nobody waits, `wait()` returns at once: no timer, no turn lost.
     """

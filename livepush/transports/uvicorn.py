@@ -292,16 +292,17 @@ class _Handshakes:
 
     In a connect storm one turn of the loop reads the request heads of every connection
     accepted in the turn before: a thousand and more, each answered with its handshake,
-    its join and its catch-up (some 30 µs). Answered all at once, they held the loop
-    for 30 ms and more, and everything else the loop does (an entry's POST, its
-    pub/sub message, the fan-out to readers already there) waited for the whole turn,
-    several times over on an entry's way in and out. Here the upgrades past the
+    its join and its catch-up. Answered all at once, they held the loop for tens of
+    milliseconds, and everything else the loop does (an entry's POST, its pub/sub
+    message, the fan-out to readers already there) waited for the whole turn, several
+    times over on an entry's way in and out (`livepush_loop_lag_seconds` shows such
+    turns). Here the upgrades past the
     turn's BUDGET wait in arrival order, and each later turn answers the next BUDGET's
     worth, after the loop has polled its sockets. When the loop has time, the first
     upgrades of a turn are answered at once, as before.
     """
 
-    BUDGET = 0.002
+    BUDGET = 0.004
     _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Handshakes]] = {}
 
     class Waiting(Protocol):
