@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import uvicorn
 from livepush import cli
 from livepush.config import Settings
 from livepush.logs import redact
+from livepush.transports import listeners
 from tests.jwts import SECRET, mint
 from tests.support import Server, wait_until
 
@@ -117,14 +117,16 @@ def test_a_public_address_without_an_origin_allow_list_is_warned_about() -> None
 def test_serve_warns_at_start_up_and_logs_through_the_redacting_formatter(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ran: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(options))
+    ran: list[uvicorn.Config] = []
+    monkeypatch.setattr(listeners, "run", ran.append)  # the config, not a server
     # serve() tells worker processes its flags through os.environ: give it a copy.
     clean = {name: value for name, value in os.environ.items() if not name.startswith("LIVEPUSH_")}
     monkeypatch.setattr(os, "environ", clean)
     argv = ["serve", "--host", "0.0.0.0", "--publish-token", "t", "--no-demo"]
     assert cli.main(argv) == 0
     assert "warning: bound to 0.0.0.0 with no Origin allow-list" in capsys.readouterr().err
-    formatter = ran["log_config"]["formatters"]["access"]["()"]
+    (config,) = ran
+    assert isinstance(config.log_config, dict)
+    formatter = config.log_config["formatters"]["access"]["()"]
     assert formatter == "livepush.logs.RedactingAccessFormatter"
-    assert ran["log_config"]["loggers"]["livepush.audit"]["level"] == "INFO"
+    assert config.log_config["loggers"]["livepush.audit"]["level"] == "INFO"
