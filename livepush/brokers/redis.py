@@ -372,15 +372,17 @@ class RedisBroker:
         outcome is unknown (a lost reply, replicas late for LIVEPUSH_REDIS_MIN_REPLICAS)
         is retried here, which publishes its event if the first attempt did not."""
         key = "release:" + change.entry_id
+
+        async def claim() -> int:
+            published = await self.publish(feed, change, idempotency_key=key)
+            return 0 if published.duplicate else 1
+
         for delay in RELEASE_RETRIES:
             try:
-                published = await self.publish(feed, change, idempotency_key=key)
+                return await claim()
             except BrokerUnavailable:
                 await asyncio.sleep(delay)
-                continue
-            return 0 if published.duplicate else 1
-        published = await self.publish(feed, change, idempotency_key=key)
-        return 0 if published.duplicate else 1
+        return await claim()  # the last attempt: its failure is the caller's
 
     async def _hint(self, feed: str) -> None:
         """Point the index at the feed's earliest scheduled entry, or take the feed out.

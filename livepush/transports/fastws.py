@@ -396,7 +396,7 @@ class FastSocket(asyncio.Protocol):
         max_size: int,
         ping_interval: float | None,
     ) -> None:
-        self.transport, self._conn, self.connections = transport, conn, connections
+        self.transport, self.connections = transport, connections
         self.write: Callable[[bytes], None] = transport.write
         self.buffered: Callable[[], int] = transport.get_write_buffer_size
         self.deflate = deflate  # negotiated permessage-deflate (its parameters), if any
@@ -409,8 +409,9 @@ class FastSocket(asyncio.Protocol):
         self._close_sent = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._pending_ping: bytes | None = None
+        self._conn: ServerProtocol | None = None
         if conn is not None:
-            self._frames: list[bytes] = []  # a fragmented message's frames so far
+            self._adopt(conn)
         self._unread = b""  # the start of a frame still incomplete
         connections.add(self)
         if ping_interval:
@@ -422,10 +423,15 @@ class FastSocket(asyncio.Protocol):
         `simple_frame` does not read (most sockets never send one)."""
         conn = self._conn
         if conn is None:
-            conn = self._conn = ServerProtocol(state=OPEN, max_size=self.max_size, logger=log)
+            conn = ServerProtocol(state=OPEN, max_size=self.max_size, logger=log)
             conn.extensions = [] if self.deflate is None else [PerMessageDeflate(*self.deflate)]
-            self._frames = []
+            self._adopt(conn)
         return conn
+
+    def _adopt(self, conn: ServerProtocol) -> None:
+        """websockets' protocol reads this socket from now on."""
+        self._conn = conn
+        self._frames: list[bytes] = []  # a fragmented message's frames so far
 
     @property
     def websockets_reads(self) -> bool:
