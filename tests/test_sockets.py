@@ -327,6 +327,35 @@ async def test_upgrades_past_a_turns_budget_are_answered_in_later_turns_in_order
     assert loop not in _Handshakes._loops  # nothing waits: gone with its last turn
 
 
+class Failing(Upgrade):
+    def take_over(self) -> None:
+        super().take_over()
+        raise RuntimeError("a bug in one upgrade")
+
+
+async def test_an_upgrade_that_raises_leaves_the_others_their_turns() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        turn: list[int] = [0]
+        answered: list[int] = []
+        handshakes = _Handshakes.of(loop)
+        upgrades = [Upgrade(answered, turn) for _ in range(6)]
+        upgrades[3] = Failing(answered, turn)  # waits, then raises in a later turn
+        for upgrade in upgrades:
+            handshakes.submit(upgrade)
+        for _ in range(20):
+            if len(answered) == 6:
+                break
+            await asyncio.sleep(0)
+        assert len(answered) == 6  # the ones after it were answered too
+        assert [str(error.get("exception")) for error in errors] == ["a bug in one upgrade"]
+        assert loop not in _Handshakes._loops
+    finally:
+        loop.set_exception_handler(None)
+
+
 async def test_an_upgrade_whose_connection_closed_while_it_waited_is_not_answered() -> None:
     async with connected() as (transport, reader, _):
         first = FirstRequest(Config(app=cast(Any, None)), ServerState(), {}, None)

@@ -296,10 +296,10 @@ class _Handshakes:
     milliseconds, and everything else the loop does (an entry's POST, its pub/sub
     message, the fan-out to readers already there) waited for the whole turn, several
     times over on an entry's way in and out (`livepush_loop_lag_seconds` shows such
-    turns). Here the upgrades past the
-    turn's BUDGET wait in arrival order, and each later turn answers the next BUDGET's
-    worth, after the loop has polled its sockets. When the loop has time, the first
-    upgrades of a turn are answered at once, as before.
+    turns). Here the upgrades past the turn's BUDGET wait in arrival order, and each
+    later turn answers the next BUDGET's worth, after the loop has polled its sockets.
+    When the loop has time, the first upgrades of a turn are answered at once, as
+    before. An upgrade that raises is the loop's to log; the others keep their turns.
     """
 
     BUDGET = 0.004
@@ -322,28 +322,32 @@ class _Handshakes:
         return found
 
     def submit(self, first: _Handshakes.Waiting) -> None:
-        if self.waiting or self.spent >= self.BUDGET:
-            self.waiting.append(first)
-        else:
-            started = perf_counter()
-            first.take_over()
-            self.spent += perf_counter() - started
         if not self.next_turn_scheduled:
             self.next_turn_scheduled = True
             self.loop.call_soon(self.next_turn)
+        if self.waiting or self.spent >= self.BUDGET:
+            self.waiting.append(first)
+            return
+        started = perf_counter()
+        try:
+            first.take_over()
+        finally:
+            self.spent += perf_counter() - started
 
     def next_turn(self) -> None:
         """A new turn: answer the waiting upgrades for up to BUDGET."""
         self.next_turn_scheduled = False
         waiting, started = self.waiting, perf_counter()
-        while waiting and perf_counter() - started < self.BUDGET:
-            waiting.popleft().take_over()
-        self.spent = perf_counter() - started
-        if waiting:
-            self.next_turn_scheduled = True
-            self.loop.call_soon(self.next_turn)  # after the loop has polled again
-        else:
-            del self._loops[self.loop]  # made again at the next upgrade
+        try:
+            while waiting and perf_counter() - started < self.BUDGET:
+                waiting.popleft().take_over()
+        finally:
+            self.spent = perf_counter() - started
+            if waiting:
+                self.next_turn_scheduled = True
+                self.loop.call_soon(self.next_turn)  # after the loop has polled again
+            else:
+                self._loops.pop(self.loop, None)  # made again at the next upgrade
 
 
 class _FirstRequests:
