@@ -36,6 +36,8 @@ class Ring:
         the ring teaches it what the next joiners behind need. How many were added."""
         held = self._events
         end = held[0].seq - 1 if held else head_seq
+        if not events or events[0].seq > end:
+            return 0  # nothing older than what is held: a read the ring has learnt already
         room = (held.maxlen or 0) - len(held)
         run: list[Event] = []  # newest first
         for event in reversed(events):

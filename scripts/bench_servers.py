@@ -129,16 +129,21 @@ async def wait_ready(port: int, child: Child) -> None:
         connection.close()
 
 
-async def feed_position(port: int, feed: str) -> tuple[str, int]:
-    """A livepush feed's epoch and head seq (`GET /v1/feeds/{feed}`: one history read)."""
+async def get(port: int, path: str) -> bytes:
+    """The body of a GET to livepush on `port` that must answer 200, within 10 s."""
     connection = HttpConnection(port)
     try:
-        status, body = await asyncio.wait_for(connection.request("GET", f"/v1/feeds/{feed}"), 10)
+        status, body = await asyncio.wait_for(connection.request("GET", path), 10)
     finally:
         connection.close()
     if status != 200:
-        raise RuntimeError(f"GET /v1/feeds/{feed} answered {status}: {body[:200]!r}")
-    info = orjson.loads(body)
+        raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+    return body
+
+
+async def feed_position(port: int, feed: str) -> tuple[str, int]:
+    """A livepush feed's epoch and head seq (`GET /v1/feeds/{feed}`: one history read)."""
+    info = orjson.loads(await get(port, f"/v1/feeds/{feed}"))
     return str(info["epoch"]), int(info["head_seq"])
 
 
@@ -149,15 +154,8 @@ LOOP_LAG, ACCEPT_TO_WRITE = "livepush_loop_lag_seconds", "livepush_accept_to_wri
 async def histograms(port: int) -> dict[str, dict[float, float]]:
     """livepush's histograms now (`GET /metrics`, between measurements, never during
     one): by name, cumulative counts by upper bound in seconds."""
-    connection = HttpConnection(port)
-    try:
-        status, body = await asyncio.wait_for(connection.request("GET", "/metrics"), 10)
-    finally:
-        connection.close()
-    if status != 200:
-        raise RuntimeError(f"GET /metrics answered {status}")
     found: dict[str, dict[float, float]] = {}
-    for name, bound, count in HISTOGRAM_BUCKET.findall(body):
+    for name, bound, count in HISTOGRAM_BUCKET.findall(await get(port, "/metrics")):
         found.setdefault(name.decode(), {})[float(bound)] = float(count)
     return found
 

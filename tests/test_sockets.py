@@ -298,8 +298,8 @@ class Upgrade:
 
 
 async def test_upgrades_past_a_turns_budget_are_answered_in_later_turns_in_order() -> None:
-    # A storm's turn read a thousand request heads and answered them all (30 ms and
-    # more): upgrades past BUDGET wait for the next turns, after a poll each.
+    # A storm's turn read a thousand request heads and answered them all (tens of
+    # milliseconds): upgrades past BUDGET wait for the next turns, after a poll each.
     loop = asyncio.get_running_loop()
     turn = [0]
 

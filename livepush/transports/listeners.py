@@ -37,15 +37,19 @@ from uvicorn.supervisors import Multiprocess
 log = logging.getLogger("uvicorn.error")
 
 
-def worker_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
-    """A socket bound to `address` beside the supervisor's and its siblings' (uvicorn's
-    worker calls listen() on it)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bound(sock: socket.socket, address: tuple[Any, ...]) -> socket.socket:
+    """`sock` bound to `address`, which other sockets of this user may share."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     sock.set_inheritable(True)
     return sock
+
+
+def worker_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A socket bound to `address` beside the supervisor's and its siblings' (uvicorn's
+    worker calls listen() on it)."""
+    return _bound(socket.socket(family, socket.SOCK_STREAM), address)
 
 
 class WorkerListener(socket.socket):
@@ -62,11 +66,8 @@ class Config(uvicorn.Config):
         if self.workers == 1 or self.uds is not None or self.fd is not None:
             return super().bind_socket()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = WorkerListener(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            sock.bind((self.host, self.port))
+            sock = _bound(WorkerListener(family, socket.SOCK_STREAM), (self.host, self.port))
         except OSError as exc:
             log.error(exc)
             sys.exit(STARTUP_FAILURE)
