@@ -82,25 +82,32 @@ def test_room_for_more_descriptors_is_tried_not_counted() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_the_descriptor_table_is_grown_to_the_limit_at_start_up() -> None:
+@pytest.mark.parametrize("cap", [None, 1000])
+def test_the_descriptor_table_is_grown_to_the_limit_at_start_up(cap: int | None) -> None:
     # Grown by the kernel as sockets come, each doubling stalled an accept() for an
     # RCU grace period (7-22 ms under perf trace, at 256, 512, ..., 8,192): grown once
-    # before serving, it never grows under load. The kernel shows the table's size as FDSize.
+    # before serving, it never grows under load. The kernel shows the table's size as
+    # FDSize. A limit above TABLE_CAP (here lowered to 1,000) grows it to the cap only.
     limit = min(5000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     script = (
         "import resource, sys\n"
-        "from livepush.descriptors import reserve_table\n"
+        "from livepush import descriptors\n"
         "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))\n"
+        "if sys.argv[2] != 'None':\n"
+        "    descriptors.TABLE_CAP = int(sys.argv[2])\n"
         "def size():\n"
         "    with open('/proc/self/status') as status:\n"
         "        return next(int(l.split()[1]) for l in status if l.startswith('FDSize:'))\n"
         "before = size()\n"
-        "print(before, reserve_table(), size())\n"
+        "print(before, descriptors.reserve_table(), size())\n"
     )
-    run = [sys.executable, "-c", script, str(limit)]
+    run = [sys.executable, "-c", script, str(limit), str(cap)]
     result = subprocess.run(run, capture_output=True, text=True, check=True)
     before, top, after = map(int, result.stdout.split())
-    assert before < limit - 1  # a new process starts with a small table
-    assert top == limit - 1
-    assert after >= limit  # the kernel's table holds the top slot now
+    grown_to = limit if cap is None else cap
+    assert before < grown_to - 1  # a new process starts with a small table
+    assert top == grown_to - 1
+    assert after >= grown_to  # the kernel's table holds the top slot now
+    if cap is not None:
+        assert after < limit  # not grown to the limit past the cap
