@@ -326,15 +326,22 @@ class Hub:
     def _write(self, state: Feed, subs: list[Subscription], data: bytes) -> None:
         """Write `data` to every one of `subs`; a transport closed under its subscription
         (uvloop raises, where asyncio's would only log) loses that subscription, not the
-        write to the others. The try costs nothing until something raises."""
-        try:
-            for sub in subs:
-                sub.write(data)
-        except RuntimeError:
-            log.info("feed %s: a subscription's connection closed under it", state.name)
-            self.dead_closed += 1
-            self._perform(state, state.leave(sub))
-            self._write(state, subs[subs.index(sub) + 1 :], data)
+        write to the others. The try costs nothing until something raises; after a
+        raise the same iterator goes on with the next subscription, so any number of
+        closed ones cost one pass (no recursion, no copy)."""
+        remaining = iter(subs)
+        dead = 0
+        while True:
+            try:
+                for sub in remaining:
+                    sub.write(data)
+                break
+            except RuntimeError:
+                dead += 1
+                self._perform(state, state.leave(sub))
+        if dead:
+            self.dead_closed += dead
+            log.info("feed %s: %d subscriptions' connections closed under them", state.name, dead)
 
     def _cut(self, sub: Subscription, reason: Cut) -> None:
         if reason is Cut.SLOW:

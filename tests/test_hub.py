@@ -7,6 +7,7 @@ in-memory recorder (nothing crosses a socket), and the broker is the in-process 
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import orjson
@@ -201,6 +202,44 @@ async def test_a_slow_subscriber_is_closed_with_1013_and_the_others_still_receiv
     assert slow.seqs() == [1]
     assert fast.seqs() == [1, 2, 3]
     assert hub.slow_closed == 1
+    await hub.aclose()
+
+
+class Closing(Recorder):
+    """A connection whose transport closes under its subscription (`gone`): from then
+    on its write raises, as uvloop's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone = False
+
+    def write(self, data: bytes) -> None:
+        if self.gone:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        super().write(data)
+
+
+async def test_thousands_of_subscriptions_closed_under_a_fanout_are_dropped_in_one_pass() -> None:
+    """More closed subscriptions than Python's recursion limit, between two live readers:
+    both readers get the event, every closed one leaves the feed (the write went on
+    after each raise by recursing once per closed subscription: a RecursionError and
+    the fan-out lost for the readers behind)."""
+    broker, hub = await _setup()
+    first, last = Recorder(), Recorder()
+    await hub.subscribe(first, FEED, None, None)
+    count = sys.getrecursionlimit() + 500
+    closing = [Closing() for _ in range(count)]
+    for conn in closing:
+        assert hub.try_join(conn, FEED, None, None) is not None
+    await hub.subscribe(last, FEED, None, None)
+    for conn in closing:
+        conn.gone = True
+    await _publish(broker, 2)
+    await _settle()
+    assert first.seqs() == [1, 2]
+    assert last.seqs() == [1, 2]
+    assert hub.dead_closed == count
+    assert hub.subscribers(FEED) == 2
     await hub.aclose()
 
 
