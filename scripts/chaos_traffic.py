@@ -214,10 +214,16 @@ class Follower:
         )
         self.abort = writer.transport.abort
         try:
-            writer.write(
+            request = (
                 f"GET {path} HTTP/1.1\r\nHost: {HOST}:{node.port}\r\n"
-                "Accept: text/event-stream\r\n\r\n".encode()
+                "Accept: text/event-stream\r\n\r\n"
             )
+            try:
+                writer.write(request.encode())
+            except RuntimeError as error:
+                # uvloop: the node reset the connection before the request went out
+                # (killed or stopping), and the transport is already closed.
+                raise ConnectionResetError(str(error)) from error
             status = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
             if not status.startswith(b"HTTP/1.1 200"):
                 raise SseEnded(status.decode(errors="replace").strip() or "no answer")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.failover import metric
-from tests.support import HOST, RedisServer, Server, apost
+from tests.support import HOST, RedisServer, Server, apost, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not a package
@@ -123,6 +123,39 @@ async def test_an_event_stream_that_ends_while_its_join_waits_does_not_silence_t
         finally:
             with contextlib.suppress(OSError):
                 writer.transport.abort()
+
+
+async def test_an_event_stream_that_ends_while_its_join_fails_leaves_no_traceback(
+    redis_server: RedisServer, start_server: Callable[..., Server]
+) -> None:
+    """A reader cut while its join waits on a stopped Redis, then Redis killed: the join
+    fails (BrokerUnavailable) and the stream, already gone, is not written to.
+
+    Found by the long soak: the stream's error path wrote its comment to the closed
+    transport, and uvloop's RuntimeError went to the log as a traceback. The node reads
+    nothing from a stream's connection while its request runs: a keep-alive comment's
+    write (every 0.2 s here) is what tells it the reader has gone.
+    """
+    server = start_server(redis_server.url, LIVEPUSH_SSE_KEEPALIVE="0.2")
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # The node does not watch the feed yet: this join waits for Redis.
+        _, cut = await open_stream(server, "?since=1")
+        wait_until(lambda: metric(server, "livepush_feeds_watched") == 1, 10, what="the join")
+        cut.transport.abort()
+        await asyncio.sleep(0)  # asyncio closes an aborted transport's socket in its next turn
+        sse = '{transport="sse"}'
+        wait_until(lambda: metric(server, "livepush_connections", sse) == 0, 10, what="reader gone")
+    finally:
+        os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        redis_server.proc.wait(10)
+    wait_until(lambda: metric(server, "livepush_feeds_watched") == 0, 30, what="the join fails")
+    metric(server, "livepush_feeds_watched")  # more turns of the node's loop: the stream's end ran
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "RuntimeError" not in log, log[-3000:]
 
 
 # --------------------------------------------------------------- the judge

@@ -283,8 +283,10 @@ class EventStream:
                     SseConnection(socket), self.feed, self.since, self.epoch
                 )
             except BrokerUnavailable:
-                # No `event: error`: EventSource's own error event has that name.
-                socket.write(sse_comment(b"broker unavailable; reconnect shortly"))
+                # No `event: error`: EventSource's own error event has that name. The
+                # reader may have gone while the join waited (uvloop's write raises then).
+                if not socket.closing:
+                    socket.write(sse_comment(b"broker unavailable; reconnect shortly"))
                 socket.close(CloseCode.SERVICE_RESTART)
             await socket.ended
         finally:
