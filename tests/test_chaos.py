@@ -132,11 +132,9 @@ async def test_an_event_stream_that_ends_while_its_join_fails_leaves_no_tracebac
     fails (BrokerUnavailable) and the stream, already gone, is not written to.
 
     Found by the long soak: the stream's error path wrote its comment to the closed
-    transport, and uvloop's RuntimeError went to the log as a traceback. The node reads
-    nothing from a stream's connection while its request runs: a keep-alive comment's
-    write (every 0.2 s here) is what tells it the reader has gone.
+    transport, and uvloop's RuntimeError went to the log as a traceback.
     """
-    server = start_server(redis_server.url, LIVEPUSH_SSE_KEEPALIVE="0.2")
+    server = start_server(redis_server.url)
     assert redis_server.proc is not None
     pid = redis_server.proc.pid
     os.kill(pid, signal.SIGSTOP)
