@@ -519,7 +519,8 @@ async def soak(args: argparse.Namespace) -> int:
         }
         for name, found in report["tracebacks"].items():
             print(
-                f"chaos: {name} logged {len(found)} tracebacks, the last: {found[-1]}",
+                f"chaos: {name} logged {len(found)} tracebacks (whole in --json), the last "
+                f"ending: {found[-1].splitlines()[-1]}",
                 file=sys.stderr,
             )
         if args.json:

@@ -146,18 +146,25 @@ class Proc:
         return [line for line in text.splitlines() if any(w in line for w in words)][-lines:]
 
     def tracebacks(self) -> list[str]:
-        """The exception line that ends each traceback in its log."""
+        """Each traceback in its log, whole: the two log lines before it (what was logged:
+        "Task exception was never retrieved", "Exception in ASGI application", ...),
+        its frames, and the exception line that ends it (the last line)."""
         try:
             lines = self.log.read_text(errors="replace").splitlines()
         except OSError:
             return []
-        found, inside = [], False
-        for line in lines:
+        found: list[str] = []
+        block: list[str] | None = None
+        for number, line in enumerate(lines):
             if line.startswith("Traceback"):
-                inside = True
-            elif inside and line and not line.startswith((" ", "During handling")):
-                found.append(line)
-                inside = False
+                if block is None:
+                    block = lines[max(0, number - 2) : number]
+                block.append(line)
+            elif block is not None:
+                block.append(line)
+                if line and not line.startswith((" ", "During handling", "The above")):
+                    found.append("\n".join(block))
+                    block = None
         return found
 
     def tail(self, lines: int = 20) -> str:
