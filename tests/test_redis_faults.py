@@ -7,8 +7,13 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
+from livepush.brokers.redis_nodes import SLOTS, Cluster, OneServer, Scripts
+from livepush.brokers.redis_nodes import Server as RedisNodesServer
+from livepush.brokers.redis_url import parse_redis_url
+from livepush.errors import BrokerUnavailable
 from tests.support import Client, RedisServer, Server, apost, wait_until
 
 FEED = "outage"
@@ -175,3 +180,36 @@ async def test_a_head_behind_its_history_starts_a_new_epoch_instead_of_failing(
     assert told["epoch"] != subscribed["epoch"]
     assert told["head_seq"] == 4
     await watcher.close()
+
+
+@pytest.mark.parametrize("nodes", ["one server", "cluster"])
+async def test_a_connection_lost_while_loading_a_script_is_broker_unavailable(
+    redis_server: RedisServer, nodes: str
+) -> None:
+    """A restarted Redis has no scripts: NOSCRIPT, then SCRIPT LOAD. When the connection
+    fails during that load, the caller gets BrokerUnavailable (a 503, a join told to
+    retry), not redis-py's ConnectionError: on a cluster the load was outside the
+    conversion, and a chaos soak's node logged the ConnectionError's traceback.
+
+    Redis closes a connection whose request holds a bulk string over
+    proto-max-bulk-len: a script longer than that fails its load so, every time.
+    """
+    admin = Redis.from_url(redis_server.url)
+    await admin.config_set("proto-max-bulk-len", 1 << 20)  # its minimum
+    await admin.aclose()
+    scripts = Scripts()
+    sha = scripts.register("return 1 --" + "x" * (2 << 20))
+    target = parse_redis_url(redis_server.url)
+    name = f"127.0.0.1:{redis_server.port}"
+    broker: Cluster | OneServer
+    if nodes == "cluster":
+        broker = Cluster([("127.0.0.1", redis_server.port)], target, scripts)
+        broker._owners = [name] * SLOTS  # as CLUSTER SLOTS would say: one primary
+    else:
+        client = Redis.from_url(redis_server.url)
+        broker = OneServer(name, RedisNodesServer(name, client), client, scripts)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await broker.execute("{live}", [("EVALSHA", sha, 0)])
+    finally:
+        await broker.aclose()

@@ -300,8 +300,7 @@ class Cluster:
             except (RedisError, OSError) as error:
                 # The node may be gone (a failover): learn the map again for the next
                 # command, but never resend this one: a write's outcome is unknown.
-                self._refresh_soon()
-                raise BrokerUnavailable(f"Redis Cluster node {name}: {error}") from None
+                raise self._lost(name, error) from None
             asking = None
             refused = next((r for r in results if isinstance(r, ResponseError)), None)
             if isinstance(refused, MovedError):
@@ -317,10 +316,18 @@ class Cluster:
                 if isinstance(refused, ClusterDownError):
                     self._refresh_soon()
             elif isinstance(refused, NoScriptError):
-                await self._scripts.load(server, commands)
+                try:
+                    await self._scripts.load(server, commands)
+                except (RedisError, OSError) as error:
+                    raise self._lost(name, error) from None
             else:
                 return results
         raise BrokerUnavailable(f"Redis Cluster slot {slot}: too many redirections")
+
+    def _lost(self, name: str, error: Exception) -> BrokerUnavailable:
+        """A command's connection to `name` failed: the map is learnt again soon."""
+        self._refresh_soon()
+        return BrokerUnavailable(f"Redis Cluster node {name}: {error}")
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():
