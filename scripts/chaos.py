@@ -201,7 +201,6 @@ class Soak:
             follower = Follower(
                 record,
                 self.nodes,
-                self.http,
                 random.Random(self.rng.random()),
                 self.clock,
                 BACKOFF_CAP,

@@ -72,13 +72,12 @@ class Follower:
         self,
         record: Record,
         nodes: list[Node],
-        http: httpx.AsyncClient,
         rng: random.Random,
         clock: Callable[[], float],
         backoff_cap: float,
         from_snapshot: bool,
     ) -> None:
-        self.record, self.nodes, self.http, self.rng = record, nodes, http, rng
+        self.record, self.nodes, self.rng = record, nodes, rng
         self.clock, self.backoff_cap = clock, backoff_cap
         self.from_snapshot = from_snapshot
         self.attempt = 0
@@ -178,9 +177,14 @@ class Follower:
 
     async def _snapshot(self) -> Mapping[str, Any]:
         node = self.rng.choice(self.nodes)
-        response = await self.http.get(
-            f"{node.url}/v1/feeds/{self.record.feed}/snapshot", params={"limit": 50}
-        )
+        # A client of its own for each load, as each browser tab has: with one pool
+        # shared by every reader, a soak without persistence (each Redis kill resets
+        # all 600 readers at once) ran the pool dry: in its last minute every request
+        # was a PoolTimeout, and readers no longer resumed, for a reason no browser has.
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            response = await http.get(
+                f"{node.url}/v1/feeds/{self.record.feed}/snapshot", params={"limit": 50}
+            )
         response.raise_for_status()
         body: Mapping[str, Any] = orjson.loads(response.content)
         return body
