@@ -96,7 +96,7 @@ class Server:
         self.log = Path(tempfile.mkstemp(prefix="livepush-server-", suffix=".log")[1])
 
     def start(self, extra: list[str] | None = None, prefix: list[str] | None = None) -> Server:
-        """Start the process; `prefix` runs it under another command (e.g. prlimit)."""
+        """Start the process; `prefix` runs it under another command (a limits wrapper)."""
         args = [*(prefix or []), sys.executable, "-m", "livepush.cli", "serve", "--host", HOST]
         args += ["--port", str(self.port), "--publish-token", self.token, "--log-level", "warning"]
         if self.redis_url:
