@@ -49,6 +49,10 @@ RECENT_EVENTS = 256
 MAX_PENDING = 10_000
 # Frames kept per feed for catch-ups (all formats); cleared when full.
 FRAME_CACHE = 4 * RECENT_EVENTS
+# Catch-up runs (the ring's frames from a position to the head, joined) kept per feed
+# at its current head, and the longest one kept.
+RUN_CACHE = 16
+RUN_CACHE_BYTES = 256 * 1024
 # Purged entries remembered per feed, for history reads older than their purge.
 PURGED_KEPT = 16
 
@@ -253,6 +257,11 @@ class Feed:
         # Frames of this epoch's events by (format, seq): every catch-up (a reconnect
         # storm's thousands of joiners) reuses the frame the live path built.
         self._frames: dict[tuple[Format, int], bytes] = {}
+        # Catch-up runs by (format, position), all at `_runs_at` (epoch, head): the
+        # readers a dead node sends here come back from a few positions, thousands
+        # from each, and each position's run is joined once (`_run_after`).
+        self._runs: dict[tuple[Format, int], bytes] = {}
+        self._runs_at: tuple[str, int] = ("", -1)
         # Entries purged lately (oldest first): a join's history read sent before a
         # purge must not bring their text back (purge()).
         self._purged: dict[str, None] = {}
@@ -363,6 +372,7 @@ class Feed:
         self.pending = {seq: purged(event) or event for seq, event in self.pending.items()}
         self._run = [purged(event) or event for event in self._run]
         self._frames.clear()  # frames of history older than the ring may hold it too
+        self._runs.clear()
         self._purged[entry_id] = None
         self._scrub = None
         if len(self._purged) > PURGED_KEPT:
@@ -397,6 +407,37 @@ class Feed:
                 self._frames.clear()  # cheaper than an LRU; refilled by the next reads
             frame = self._frames[key] = ENCODERS[fmt](event)
         return frame
+
+    def _run_after(self, fmt: Format, since: int) -> bytes | None:
+        """The frames of the ring's events after `since` up to the head, as one write;
+        None if the ring does not reach back. Joined once per (format, position) at
+        each head: a storm's thousands of readers at one position share it."""
+        at = (self.epoch, self.head)
+        if self._runs_at != at:
+            self._runs.clear()
+            self._runs_at = at
+        key = (fmt, since)
+        run = self._runs.get(key)
+        if run is None:
+            events = self.recent.after(since, self.head)
+            if events is None:
+                return None
+            run = b"".join([self._frame(fmt, event) for event in events])
+            if len(run) <= RUN_CACHE_BYTES:
+                if len(self._runs) >= RUN_CACHE:
+                    self._runs.clear()
+                self._runs[key] = run
+        return run
+
+    def _live_after(self, sub: Subscription, data: list[bytes]) -> bytes | None:
+        """`data`, then the ring's events after `sub.last_seq`, and `sub` live: all in
+        one write; None (nothing done) if the ring does not reach back."""
+        run = self._run_after(sub.conn.format, sub.last_seq)
+        if run is None:
+            return None
+        data.append(run)
+        sub.last_seq = max(sub.last_seq, self.head)  # the ring is contiguous to the head
+        return self._go_live(sub, data)
 
     def _take_run(self) -> list[Action]:
         """The events advanced since the last call, as one fan-out: the hot loop.
@@ -467,11 +508,11 @@ class Feed:
         events and make it live again, or ask for history when they do not reach back."""
         if sub not in self.paused:
             return [], None
-        events = self.recent.after(sub.last_seq, self.head)
-        if events is None:
+        data = self._live_after(sub, [])
+        if data is None:
             return [], ReadHistory(sub.last_seq)
         del self.paused[sub]
-        return [Send(sub, self._go_live(sub, [], events))], None
+        return [Send(sub, data)], None
 
     def resume_history(self, sub: Subscription, history: History) -> list[Action]:
         """Catch a paused subscription up from a history read after its last seq; cut it
@@ -490,11 +531,11 @@ class Feed:
             if event.seq == sub.last_seq + 1:
                 data.append(self._frame(fmt, event))
                 sub.last_seq = event.seq
-        events = self.recent.after(sub.last_seq, self.head)
-        if events is None:
+        caught_up = self._live_after(sub, data)
+        if caught_up is None:
             return self.drop(sub, Cut.SLOW)  # the node ran past the read meanwhile
         del self.paused[sub]
-        return [Send(sub, self._go_live(sub, data, events))]
+        return [Send(sub, caught_up)]
 
     def drop(self, sub: Subscription, reason: Cut) -> list[Action]:
         """Cut `sub` (a paused one past its deadline, or behind history)."""
@@ -547,6 +588,7 @@ class Feed:
         self.epoch, self.head = history.epoch, history.head_seq
         self.recent.clear()
         self._frames.clear()
+        self._runs.clear()
         return [self._reset(sub, history.epoch, history.head_seq) for sub in self.members()]
 
     # Joining
@@ -562,11 +604,10 @@ class Feed:
         decision = decide(since, epoch, self.epoch, self.head, first)
         if not isinstance(decision, Replay):
             return None  # the broker may know better: this node may be behind
-        events = self.recent.after(decision.since, self.head)
-        assert events is not None  # decide() checked the ring reaches back
-        data = [self._subscribed_frame(sub, self.epoch, self.head)]
         sub.last_seq = decision.since
-        return [Send(sub, self._go_live(sub, data, events))]
+        data = self._live_after(sub, [self._subscribed_frame(sub, self.epoch, self.head)])
+        assert data is not None  # decide() checked the ring reaches back
+        return [Send(sub, data)]
 
     def seed(self, history: History) -> None:
         """Learn from a history read what the ring lacks (`Ring.prepend`), so that the
@@ -615,11 +656,11 @@ class Feed:
                 data.append(self._frame(fmt, event))
                 sub.last_seq = event.seq
         if sub.last_seq >= self.head:
-            return [Send(sub, self._go_live(sub, data, []))], None
-        events = self.recent.after(sub.last_seq, self.head)
-        if events is None:
+            return [Send(sub, self._go_live(sub, data))], None
+        caught_up = self._live_after(sub, data)
+        if caught_up is None:
             return [Send(sub, b"".join(data))], ReadHistory(sub.last_seq)
-        return [Send(sub, self._go_live(sub, data, events))], None
+        return [Send(sub, caught_up)], None
 
     def _subscribed_frame(self, sub: Subscription, epoch: str, head: int) -> bytes:
         """`subscribed`, encoded once per feed position and format: a reconnect storm of
@@ -632,13 +673,8 @@ class Feed:
             cached = self._subscribed[fmt] = (epoch, head, frame)
         return cached[2]
 
-    def _go_live(self, sub: Subscription, data: list[bytes], catch_up: list[Event]) -> bytes:
-        """Add the catch-up frames after `data` and make `sub` live: all in one write."""
-        fmt = sub.conn.format
-        for event in catch_up:
-            if event.seq == sub.last_seq + 1:
-                data.append(self._frame(fmt, event))
-                sub.last_seq = event.seq
+    def _go_live(self, sub: Subscription, data: list[bytes]) -> bytes:
+        """Make `sub` live; `data` (its catch-up) goes out as one write."""
         sub.live = True
         self.groups[sub.conn.format][sub] = None
         if sub.receipts:
@@ -654,7 +690,7 @@ class Feed:
             if sub in self.paused:
                 self.paused[sub] = 0  # it missed nothing of the new life yet
             elif not sub.live:
-                self._go_live(sub, [], [])
+                self._go_live(sub, [])
         else:
             self._remove(sub)
         return Reset(sub, epoch, head_seq)
