@@ -249,6 +249,12 @@ class Hub:
         else:
             events.append(event)
 
+    def flush(self) -> None:
+        """The broker read everything it had: fan out now, not a turn of the loop later
+        (in a connect storm a turn is milliseconds of handshakes)."""
+        if self._inbox:
+            self._deliver_inbox()
+
     def _deliver_inbox(self) -> None:
         inbox, self._inbox = self._inbox, {}
         for state, events in inbox.items():

@@ -38,11 +38,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.calls: list[str] = []  # "deliver" and "flush", in order
         self.resyncs = 0
         self._changed = asyncio.Event()
 
     def deliver(self, event: Event) -> None:
         self.events.append(event)
+        self.calls.append("deliver")
+        self._changed.set()
+
+    def flush(self) -> None:
+        self.calls.append("flush")
         self._changed.set()
 
     def resync(self) -> None:
@@ -178,6 +184,25 @@ async def publish_many(broker: Broker, count: int, feed: str = FEED) -> list[Pub
 
 def seqs_of(entries: tuple[bytes, ...]) -> list[int]:
     return [orjson.loads(entry)["seq"] for entry in entries]
+
+
+# The live stream
+
+
+@pytest.mark.parametrize("make_broker", ["redis", "cluster"], indirect=True)
+async def test_the_live_stream_flushes_its_listener_once_it_has_read_what_arrived(
+    make_broker: MakeBroker,
+) -> None:
+    # The hub sends on a flush instead of a turn of the loop later. (The in-process
+    # broker hands events over on the loop; it needs none.)
+    broker, recorder = await make_broker()
+    await broker.watch(FEED)
+    await publish_many(broker, 3)
+    await recorder.wait_for(
+        lambda: len(recorder.of(FEED)) == 3 and recorder.calls[-1] == "flush",
+        "three events, then a flush",
+    )
+    assert 1 <= recorder.calls.count("flush") <= 3  # at most one per read
 
 
 # Seqs and epochs

@@ -97,6 +97,10 @@ class Listener:
         assert self.hub is not None
         self.hub.deliver(event)
 
+    def flush(self) -> None:
+        assert self.hub is not None
+        self.hub.flush()
+
     def resync(self) -> None:
         assert self.hub is not None
         self.hub.resync()
@@ -173,6 +177,25 @@ async def test_a_hole_is_filled_from_history_in_order() -> None:
         if conn.seqs() == [1, 2, 3, 4]:
             break
     assert conn.seqs() == [1, 2, 3, 4]
+    await hub.aclose()
+
+
+async def test_a_flush_fans_out_what_was_delivered_without_waiting_for_a_turn() -> None:
+    broker, hub = await _setup()
+    conn = Recorder()
+    await hub.subscribe(conn, FEED, None, None)
+    await _publish(broker, 1)
+    await _settle()
+    epoch = (await broker.history(FEED, 0, 0)).epoch
+    for seq in (2, 3):  # read together, as a broker's one read of its socket
+        payload = b'{"type":"entry.deleted","seq":%d}' % seq
+        hub.deliver(Event(FEED, epoch, seq, EventType.DELETED, payload))
+    assert conn.seqs() == [1]  # without a flush: the next turn of the loop
+    hub.flush()
+    assert conn.seqs() == [1, 2, 3]
+    hub.flush()  # nothing more: nothing sent twice
+    await _settle()
+    assert conn.seqs() == [1, 2, 3]
     await hub.aclose()
 
 

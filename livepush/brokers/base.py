@@ -70,6 +70,10 @@ class Listener(Protocol):
     def deliver(self, event: Event) -> None:
         """An event arrived on the live stream (at most once, maybe out of order)."""
 
+    def flush(self) -> None:
+        """The live stream has read all it had for now: what it delivered since may go
+        out at once. A broker need not call it; the hub then sends by its next turn."""
+
     def resync(self) -> None:
         """The live stream was interrupted: every watched feed must catch up from history."""
 

@@ -8,9 +8,10 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
 
@@ -205,6 +206,15 @@ class LiveStream:
             self._last[feed] = (item.epoch, item.seq)
         listener.deliver(item)
 
+    def flush(self) -> None:
+        """The reads are done for now: the listener sends what it was given. A failure
+        there is logged, as the loop would log it, and the live stream reads on."""
+        if self.listener is not None:
+            try:
+                self.listener.flush()
+            except Exception:
+                log.exception("the listener failed to send what the live stream delivered")
+
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -386,6 +396,8 @@ class Shard:
             kind = message["type"]
             if kind == "message" or kind == "smessage":
                 self.stream.receive(message["channel"], message["data"])
+                if not await _more_read(pubsub):
+                    self.stream.flush()  # this read's messages go out now, together
             elif kind == "subscribe" or kind == "ssubscribe":
                 self._confirmed(message["channel"].decode())
             elif kind == "unsubscribe" or kind == "sunsubscribe":
@@ -423,3 +435,15 @@ class Shard:
                 await self.task
         self.connected = False
         await self._drop()
+
+
+async def _more_read(pubsub: PubSub) -> bool:
+    """Whether replies already read wait in the connection's buffer. Never waits for
+    the socket: hiredis holds whole replies, and this only looks at its buffers."""
+    # redis-py types PubSub.connection as None; it is the connection once subscribed.
+    connection = cast("Connection | None", pubsub.connection)
+    if connection is None:
+        return False
+    # redis-py 8 renamed can_read_destructive (deprecated since, with a warning).
+    can_read = getattr(connection, "can_read", None) or connection.can_read_destructive
+    return bool(await can_read())
