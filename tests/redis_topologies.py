@@ -7,6 +7,7 @@ directory that close() removes with the processes.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -14,9 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+import redis.exceptions
+import uvloop
 from redis.crc import key_slot
 
+from livepush.brokers import redis_nodes
+from livepush.brokers.redis_url import parse_redis_url
 from tests.support import HOST, free_port, wait_until
 
 
@@ -403,3 +409,32 @@ class TlsRedis:
             self.proc.kill()
             self.proc.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def assert_a_dropped_connection_is_lost(url: str) -> None:
+    """A command on a connection whose transport the loop has closed (the server reset
+    it) raises redis-py's ConnectionError, not uvloop's RuntimeError; the next command
+    connects again. On uvloop, as `livepush serve` runs; through the connection class
+    livepush's broker uses for `url` (plain, TLS or Sentinel-managed)."""
+
+    async def scenario() -> None:
+        nodes = await redis_nodes.connect(parse_redis_url(url), redis_nodes.Scripts())
+        assert isinstance(nodes, redis_nodes.OneServer)
+        pool = nodes._server.redis.connection_pool
+        connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.connect()
+            writer = connection._writer
+            assert writer is not None
+            writer.transport.abort()  # as the loop does when the server resets it
+            await asyncio.sleep(0.05)  # the loop closes the socket's handle
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await connection.send_command("PING")
+            await connection.send_command("PING")
+            assert await connection.read_response() in (b"PONG", "PONG")
+        finally:
+            await connection.disconnect()
+            await nodes.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

@@ -14,6 +14,7 @@ from livepush.brokers.redis_nodes import SLOTS, Cluster, OneServer, Scripts
 from livepush.brokers.redis_nodes import Server as RedisNodesServer
 from livepush.brokers.redis_url import parse_redis_url
 from livepush.errors import BrokerUnavailable
+from tests.redis_topologies import assert_a_dropped_connection_is_lost
 from tests.support import Client, RedisServer, Server, apost, wait_until
 
 FEED = "outage"
@@ -213,3 +214,14 @@ async def test_a_connection_lost_while_loading_a_script_is_broker_unavailable(
             await broker.execute("{live}", [("EVALSHA", sha, 0)])
     finally:
         await broker.aclose()
+
+
+def test_a_command_on_a_connection_redis_already_dropped_is_a_lost_connection(
+    redis_server: RedisServer,
+) -> None:
+    """When Redis drops a connection before its first command is written (a primary
+    killed as a node reconnects to it), uvloop raises RuntimeError for the write. A
+    cluster test's node turned it into a 500 for a publisher (its log: "the handler is
+    closed" under `create_entry`); it is redis-py's ConnectionError now, a 503 that the
+    publisher retries, like any connection Redis dropped."""
+    assert_a_dropped_connection_is_lost(redis_server.url)

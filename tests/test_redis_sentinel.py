@@ -18,7 +18,7 @@ from tests.failover import (
     publisher,
     subscribe_all,
 )
-from tests.redis_topologies import SentinelGroup
+from tests.redis_topologies import SentinelGroup, assert_a_dropped_connection_is_lost
 from tests.support import HOST, Client, Server, free_port, wait_until
 
 
@@ -100,3 +100,11 @@ async def test_a_lost_write_is_announced_with_reset_without_min_replicas(
     await client.close()
     assert metric(node, "livepush_epoch_renewals_total") == 1
     await asyncio.to_thread(sentinels.restart_as_replica, primary)
+
+
+def test_a_command_on_a_connection_the_primary_already_dropped_is_a_lost_connection(
+    sentinels: SentinelGroup,
+) -> None:
+    """As on one Redis (test_redis_faults.py), through the connections a Sentinel's
+    primary is reached by: a ConnectionError, not uvloop's RuntimeError."""
+    assert_a_dropped_connection_is_lost(sentinels.url)

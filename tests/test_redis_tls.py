@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.redis_topologies import TlsRedis
+from tests.redis_topologies import TlsRedis, assert_a_dropped_connection_is_lost
 from tests.support import Client, Server, apost, wait_until
 
 FEED = "tls"
@@ -61,3 +61,12 @@ async def test_a_wrong_ca_is_refused_with_one_log_line_and_readyz_503(
         response = await apost(http, node, FEED, {"body": "refused"})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "broker_unavailable"
+
+
+def test_a_command_on_a_tls_connection_redis_already_dropped_is_a_lost_connection(
+    tls_redis: TlsRedis,
+) -> None:
+    """As on a plain connection (test_redis_faults.py): a ConnectionError, and the
+    next command connects again. (uvloop's TLS transport never raised RuntimeError
+    there; the plain one did.)"""
+    assert_a_dropped_connection_is_lost(tls_redis.url())

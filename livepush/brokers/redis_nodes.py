@@ -7,17 +7,22 @@ import contextlib
 import hashlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ConnectionError,
     MovedError,
     NoScriptError,
     RedisError,
@@ -91,12 +96,49 @@ class Trouble:
             log.warning("Redis %s: connected again", what)
 
 
+class _ClosedIsLost(Connection):
+    """A write to a connection the server has already dropped is a lost connection.
+
+    When Redis goes away between the connect and the first command (a primary killed
+    while a node reconnects to it), the loop may have closed the transport before
+    redis-py writes its HELLO. uvloop then raises RuntimeError ("the handler is
+    closed") where redis-py expects an OSError, and it reached a publisher as a 500
+    with a traceback instead of the 503 a lost Redis gives. Here it is redis-py's
+    ConnectionError, which every caller already handles.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        writer = self._writer
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as error:
+            if writer is None or not writer.transport.is_closing():
+                raise
+            raise ConnectionError(f"Connection closed by server ({error})") from error
+
+
+class _ClosedIsLostTls(_ClosedIsLost, SSLConnection):
+    pass
+
+
+class _SentinelClosedIsLost(_ClosedIsLost, SentinelManagedConnection):
+    pass
+
+
+class _SentinelClosedIsLostTls(_ClosedIsLost, SentinelManagedSSLConnection):
+    pass
+
+
 def make_redis(host: str, port: int, target: RedisTarget, **extra: Any) -> Redis:
     """A client of one server, with the URL's credentials and TLS options."""
     options = {**DEFAULTS, **target.connection_options(), **extra}
     tls = options.pop("ssl", False)
     pool = ConnectionPool(
-        connection_class=SSLConnection if tls else Connection, host=host, port=port, **options
+        connection_class=_ClosedIsLostTls if tls else _ClosedIsLost, host=host, port=port, **options
     )
     return Redis.from_pool(pool)
 
@@ -404,8 +446,9 @@ async def connect(target: RedisTarget, scripts: Scripts) -> Nodes:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=sentinel_options, **options
         )
-        commands = sentinel.master_for(target.master)
-        pubsub = sentinel.master_for(target.master, socket_timeout=None)
+        managed = _SentinelClosedIsLostTls if options.get("ssl") else _SentinelClosedIsLost
+        commands = sentinel.master_for(target.master, connection_class=managed)
+        pubsub = sentinel.master_for(target.master, connection_class=managed, socket_timeout=None)
         return OneServer(target.master, Server(target.master, commands), pubsub, scripts, sentinel)
     host, port = target.nodes[0]
     name = f"{host}:{port}"
