@@ -10,6 +10,12 @@ connects N clients with the compiled load generator (scripts/loadgen, built by
 scripts/bench.py), and prints the load generator's connect time and the server's user
 and system CPU. Bounded: the load generator has a deadline, the servers are stopped
 in any case.
+
+`--perf` also samples the server with `perf record` (Linux perf, run as root) while
+its clients connect and prints where its CPU went in that window, per connection: the
+kernel (accept, TCP, reads, writes), the interpreter (libpython: every line of Python,
+its allocations and collections), uvloop and the rest. Run it for both servers to see
+which part of a connection livepush pays more for than the floor.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+PERF_HZ = 999
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "scripts" / "loadgen" / "bin" / "loadgen"
@@ -59,6 +67,9 @@ def main() -> int:
     )
     parser.add_argument("--server", choices=["livepush", "floor"], default="livepush")
     parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
+    parser.add_argument(
+        "--perf", action="store_true", help="split the server's CPU while connecting (perf)"
+    )
     args = parser.parse_args()
     if not LOADGEN.exists():
         print("build the load generator first: run scripts/bench.py once", file=sys.stderr)
@@ -83,6 +94,8 @@ def main() -> int:
         wait_for_port(port, server)
         process = psutil.Process(server.pid)
         before = process.cpu_times()
+        sampler = start_perf(server.pid) if args.perf else None
+        started = time.monotonic()
         command = [str(LOADGEN), "--port", str(port), "--feed", "cost", "--conns", str(args.conns)]
         command += ["--duration", "1", "--deadline", "60", "--subscribe", args.subscribe]
         command += ["--deflate"] if args.deflate else []
@@ -100,6 +113,16 @@ def main() -> int:
             f"server CPU: user {user:.2f} s, system {system:.2f} s, "
             f"{(user + system) / args.conns * 1e6:.0f} µs per connection (includes 1 s idle)"
         )
+        if sampler is not None:
+            window = (started, started + float(connect[0]))
+            shares = perf_split(sampler, window)
+            per_conn = {part: n / PERF_HZ / args.conns * 1e6 for part, n in shares.items()}
+            print(
+                f"while connecting (perf, {sum(shares.values())} samples at {PERF_HZ} Hz), "
+                "µs per connection: "
+                + ", ".join(f"{part} {us:.1f}" for part, us in per_conn.items())
+                + f", all {sum(per_conn.values()):.1f}"
+            )
     finally:
         server.terminate()
         server.wait(15)
@@ -107,6 +130,46 @@ def main() -> int:
             redis.terminate()
             redis.wait(15)
     return 0
+
+
+def start_perf(pid: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """`perf record` on `pid`, its clock CLOCK_MONOTONIC (time.monotonic's)."""
+    data = Path(f"/tmp/connect-cost-{pid}.perf")
+    command = ["perf", "record", "-q", "-k", "mono", "-F", str(PERF_HZ), "-p", str(pid)]
+    sampler = subprocess.Popen([*command, "-o", str(data)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf attaches before the first client
+    return sampler, data
+
+
+def perf_split(
+    sampler: tuple[subprocess.Popen[bytes], Path], window: tuple[float, float]
+) -> dict[str, int]:
+    """The server's samples within `window` (monotonic seconds), by where they ran."""
+    process, data = sampler
+    process.send_signal(2)  # SIGINT: perf writes its file and exits
+    process.wait(30)
+    script = ["perf", "script", "-i", str(data), "-F", "time,ip,dso"]
+    lines = subprocess.run(script, capture_output=True, text=True, check=True).stdout
+    data.unlink()
+    parts = {"kernel": 0, "interpreter": 0, "uvloop": 0, "other": 0}
+    for line in lines.splitlines():
+        stamp, _, rest = line.strip().partition(":")
+        try:
+            when = float(stamp)
+        except ValueError:
+            continue
+        if not window[0] <= when <= window[1]:
+            continue
+        dso = rest.rpartition("(")[2]
+        if "kernel" in dso:
+            parts["kernel"] += 1
+        elif "libpython" in dso:
+            parts["interpreter"] += 1
+        elif "/uvloop/" in dso:
+            parts["uvloop"] += 1
+        else:
+            parts["other"] += 1
+    return parts
 
 
 if __name__ == "__main__":
