@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,8 +94,9 @@ def main() -> int:
     try:
         wait_for_port(port, server)
         process = psutil.Process(server.pid)
-        before = process.cpu_times()
+        # perf attaches first: its set-up is not counted in the server's CPU below.
         sampler = start_perf(server.pid) if args.perf else None
+        before = process.cpu_times()
         started = time.monotonic()
         command = [str(LOADGEN), "--port", str(port), "--feed", "cost", "--conns", str(args.conns)]
         command += ["--duration", "1", "--deadline", "60", "--subscribe", args.subscribe]
@@ -146,7 +148,7 @@ def perf_split(
 ) -> dict[str, int]:
     """The server's samples within `window` (monotonic seconds), by where they ran."""
     process, data = sampler
-    process.send_signal(2)  # SIGINT: perf writes its file and exits
+    process.send_signal(signal.SIGINT)  # perf writes its file and exits
     process.wait(30)
     script = ["perf", "script", "-i", str(data), "-F", "time,ip,dso"]
     lines = subprocess.run(script, capture_output=True, text=True, check=True).stdout
