@@ -373,19 +373,24 @@ class Soak:
         ends: dict[str, FeedEnd] = {}
         for feed in self.feeds:
             info = await self.read_feed(feed)
-            ends[feed] = FeedEnd(feed, self.first_epochs[feed], info["epoch"], info["head_seq"])
+            if info is not None:
+                ends[feed] = FeedEnd(feed, self.first_epochs[feed], info["epoch"], info["head_seq"])
         self.say("quiescing: every reader to its feed's head")
 
         def caught_up() -> bool:
             return all(
-                r.cursor.epoch == ends[r.feed].epoch and r.cursor.seq == ends[r.feed].head_seq
+                r.feed in ends
+                and r.cursor.epoch == ends[r.feed].epoch
+                and r.cursor.seq == ends[r.feed].head_seq
                 for r in self.records
             )
 
         await until(caught_up, self.deadline - time.monotonic())
         for follower in self.followers:
             record = follower.record
-            end = ends[record.feed]
+            end = ends.get(record.feed)
+            if end is None:
+                continue  # its feed's head is unknown: a failure already
             if (record.cursor.epoch, record.cursor.seq) != (end.epoch, end.head_seq):
                 self.behind.append(f"{record.name} behind at the end: {follower.where()}")
         for task in self.tasks:
@@ -394,19 +399,27 @@ class Soak:
         self.stop_followers.set()
         return ends
 
-    async def read_feed(self, feed: str) -> dict[str, Any]:
-        """The feed's epoch and head, from any node that answers."""
+    async def read_feed(self, feed: str) -> dict[str, Any] | None:
+        """The feed's epoch and head, from any node that answers; None (and a failure
+        naming what each node last answered) when none did before the deadline."""
+        last: dict[str, str] = {}
         for _ in range(100):
             if time.monotonic() > self.deadline:
                 break
             node = self.rng.choice(self.nodes)
-            with contextlib.suppress(*HTTP_ERRORS):
+            try:
                 answer = await self.http.get(f"{node.url}/v1/feeds/{feed}")
+            except HTTP_ERRORS as error:
+                last[node.name] = repr(error)
+            else:
                 if answer.status_code == 200:
                     info: dict[str, Any] = orjson.loads(answer.content)
                     return info
+                last[node.name] = f"{answer.status_code} {answer.text[:200]}"
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"no node answered for {feed}")
+        answers = "; ".join(f"{name}: {said}" for name, said in sorted(last.items()))
+        self.failures.append(f"no node answered {feed}'s head at the quiesce ({answers})")
+        return None
 
     async def aclose(self) -> None:
         """Stop everything, however the run ended."""

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from tests.support import HOST, RedisServer, Server, apost, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not a package
 
-from chaos import KINDS, plan  # noqa: E402
+from chaos import KINDS, Soak, parse, plan  # noqa: E402
 from chaos_record import Accepted, FeedEnd, Ledger, Record, verdict  # noqa: E402
+from chaoskit import Node  # noqa: E402
 
 FEED = "chaos"
 
@@ -63,6 +65,27 @@ def test_the_fault_schedule_holds_every_kind_first_and_is_the_same_for_a_seed() 
         assert all(0 <= fault.at < 40 for fault in track)
     assert tracks == plan(seed=5, window=40, count=16)
     assert tracks != plan(seed=6, window=40, count=16)
+
+
+async def test_a_feed_no_node_answers_at_the_quiesce_is_a_failure_with_what_they_said(
+    redis_server: RedisServer, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The soak's end reads each feed's head from any node. When none answers before
+    the deadline, that is a FAIL naming what each node said, with the counts: not an
+    exception that ends the soak with no verdict."""
+    server = start_server(redis_server.url)
+    redis_server.stop()  # the node answers, but cannot read the feed
+    run = Soak(parse(["--duration", "30", "--nodes", "1"]), tmp_path)
+    node = Node(tmp_path, 0, redis_server.url, 1000)
+    node.port = server.port
+    run.nodes = [node]
+    run.deadline = time.monotonic() + 2
+    try:
+        assert await run.read_feed(FEED) is None
+    finally:
+        await run.http.aclose()
+    [failure] = run.failures
+    assert failure.startswith(f"no node answered {FEED}'s head at the quiesce (node-0: 503 ")
 
 
 # --------------------------------------------------------------- what the soak found
