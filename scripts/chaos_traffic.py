@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +27,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from livepush.cursor import Action, Event, Refused, Step
 
 HTTP_TIMEOUT = 5.0  # seconds for a publish or a snapshot
+# The trust store, loaded once, as a browser loads it once for all its tabs. httpx
+# otherwise builds an SSL context (certifi's bundle, about 80 ms of CPU) for every
+# client it makes, even one that only speaks plain HTTP: a Redis kill without
+# persistence resets all 600 readers, whose 600 snapshot loads then held the soak's
+# one thread for most of a minute (progress lines 12-26 s apart, no reader connected,
+# a node's readiness check timed out unanswered).
+TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
 SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
@@ -181,7 +189,7 @@ class Follower:
         # shared by every reader, a soak without persistence (each Redis kill resets
         # all 600 readers at once) ran the pool dry: in its last minute every request
         # was a PoolTimeout, and readers no longer resumed, for a reason no browser has.
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=TRUST) as http:
             response = await http.get(
                 f"{node.url}/v1/feeds/{self.record.feed}/snapshot", params={"limit": 50}
             )

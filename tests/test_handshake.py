@@ -143,6 +143,7 @@ async def test_deflate_offers_are_negotiated_and_remembered_per_offer(node: Serv
         (base64.b64encode(b"short"), "13", 400),
         (base64.b64encode(os.urandom(16)), "12", 400),
     ],
+    ids=["key-not-base64", "key-too-short", "version-12"],  # one key is random
 )
 async def test_a_malformed_upgrade_gets_websockets_own_error(
     node: Server, key: bytes, version: str, status: int
