@@ -28,7 +28,7 @@ from livepush.cursor import Action, Event, Refused, Step
 
 HTTP_TIMEOUT = 5.0  # seconds for a publish or a snapshot
 # The trust store, loaded once, as a browser loads it once for all its tabs. httpx
-# otherwise builds an SSL context (certifi's bundle, about 80 ms of CPU) for every
+# otherwise builds an SSL context (certifi's bundle, about 50 ms of CPU) for every
 # client it makes, even one that only speaks plain HTTP: a Redis kill without
 # persistence resets all 600 readers, whose 600 snapshot loads then held the soak's
 # one thread for most of a minute (progress lines 12-26 s apart, no reader connected,
