@@ -48,6 +48,7 @@ import re
 import sys
 import termios
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, ClassVar, Protocol, cast
 
@@ -313,6 +314,7 @@ class _Handshakes:
         self.waiting: deque[_Handshakes.Waiting] = deque()
         self.spent = 0.0  # seconds of upgrades answered in this turn
         self.next_turn_scheduled = False
+        self.clock: Callable[[], float] = perf_counter  # the tests' own clock, in the tests
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Handshakes:
@@ -328,21 +330,23 @@ class _Handshakes:
         if self.waiting or self.spent >= self.BUDGET:
             self.waiting.append(first)
             return
-        started = perf_counter()
+        clock = self.clock
+        started = clock()
         try:
             first.take_over()
         finally:
-            self.spent += perf_counter() - started
+            self.spent += clock() - started
 
     def next_turn(self) -> None:
         """A new turn: answer the waiting upgrades for up to BUDGET."""
         self.next_turn_scheduled = False
-        waiting, started = self.waiting, perf_counter()
+        waiting, clock = self.waiting, self.clock
+        started = clock()
         try:
-            while waiting and perf_counter() - started < self.BUDGET:
+            while waiting and clock() - started < self.BUDGET:
                 waiting.popleft().take_over()
         finally:
-            self.spent = perf_counter() - started
+            self.spent = clock() - started
             if waiting:
                 self.next_turn_scheduled = True
                 self.loop.call_soon(self.next_turn)  # after the loop has polled again
