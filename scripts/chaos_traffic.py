@@ -31,7 +31,7 @@ HTTP_TIMEOUT = 5.0  # seconds for a publish or a snapshot
 # otherwise builds an SSL context (certifi's bundle, about 50 ms of CPU) for every
 # client it makes, even one that only speaks plain HTTP: a Redis kill without
 # persistence resets all 600 readers, whose 600 snapshot loads then held the soak's
-# one thread for most of a minute (progress lines 12-26 s apart, no reader connected,
+# one thread for about 30 s (progress lines 12-26 s apart, no reader connected,
 # a node's readiness check timed out unanswered).
 TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
