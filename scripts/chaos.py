@@ -59,7 +59,7 @@ import httpx
 import orjson
 import uvloop
 from chaos_record import Accepted, FeedEnd, Ledger, Record, Verdict, verdict
-from chaos_traffic import Follower, Publisher
+from chaos_traffic import SILENT_AFTER, Follower, Publisher
 from chaoskit import (
     DRAIN_SECONDS,
     HTTP_ERRORS,
@@ -153,7 +153,7 @@ class Soak:
         self.redis: Redis1 = (RedisCluster if args.cluster else Redis1)(root, persistent)
         self.nodes: list[Node] = []
         self.feeds: list[str] = []
-        self.ledger = Ledger()
+        self.ledger = Ledger(self.clock)  # the followers' clock: see SILENT_AFTER
         self.records: list[Record] = []
         self.followers: list[Follower] = []
         self.publishers: list[Publisher] = []
@@ -482,6 +482,7 @@ class Soak:
             "resets_seen": [dataclasses.asdict(x) for r in self.records for x in r.resets][:200],
             "fault_log": [dataclasses.asdict(f) for f in self.faults],
             "behind": self.behind[:200],
+            "silent_streams": [line for f in self.followers for line in f.silences][:200],
             "node_ports": {node.port: node.name for node in self.nodes},
         }
 
@@ -529,6 +530,13 @@ async def soak(args: argparse.Namespace) -> int:
             for process in [*run.nodes, *run.redis.servers]
             if (found := process.tracebacks())
         }
+        silent = report["silent_streams"]
+        if silent:
+            print(
+                f"chaos: {len(silent)} open event streams waited over {SILENT_AFTER:.0f} s for "
+                f"an entry other readers had (in --json; not in the verdict), e.g. {silent[0]}",
+                file=sys.stderr,
+            )
         for name, found in report["tracebacks"].items():
             print(
                 f"chaos: {name} logged {len(found)} tracebacks (whole in --json), the last "

@@ -17,8 +17,9 @@ followers, which is then checked against the accepted entries.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +66,26 @@ class ResetSeen:
 class Ledger:
     """The entry id each (feed, epoch, seq) carried, as the first follower saw it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.ids: dict[tuple[str, str, int], str] = {}
+        self.first_seen: dict[tuple[str, str, int], float] = {}  # by any follower, when
+        self.clock = clock
 
     def see(self, feed: str, epoch: str, seq: int, entry_id: str) -> str | None:
         """Remember the id; return the id seen before when it differs."""
-        known = self.ids.setdefault((feed, epoch, seq), entry_id)
+        key = (feed, epoch, seq)
+        known = self.ids.get(key)
+        if known is None:
+            self.ids[key] = entry_id
+            self.first_seen[key] = self.clock()
+            return None
         return None if known == entry_id else known
+
+    def out_since(self, feed: str, epoch: str | None, seq: int | None) -> float | None:
+        """When a follower first saw the entry after `seq` (None: nobody has yet)."""
+        if epoch is None or seq is None:
+            return None
+        return self.first_seen.get((feed, epoch, seq + 1))
 
 
 def reset_kind(

@@ -37,6 +37,10 @@ TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
 SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
+# An open event stream that brought nothing but keepalive comments for this long
+# after another follower got the entry it waits for: told in the report
+# (`silent_streams`), not yet part of the verdict.
+SILENT_AFTER = 30.0
 
 
 # ---------------------------------------------------------------- followers
@@ -96,6 +100,7 @@ class Follower:
         self.state, self.state_at, self.node = "starting", 0.0, -1
         self.messages = 0  # on the current connection
         self.heard_at = 0.0  # anything from the current connection, comments included
+        self.silences: list[str] = []  # see SILENT_AFTER
 
     @property
     def transport(self) -> str:
@@ -153,6 +158,23 @@ class Follower:
                 self.attempt += 1
             self._now(f"backoff after {why}")
             await sleep_unless(stop, delay)
+
+    def _silent(self, opened_at: float) -> bool:
+        """Whether this open stream has waited SILENT_AFTER for an entry another
+        follower got (if so, it is noted once in `self.silences`)."""
+        record, cursor = self.record, self.record.cursor
+        out = record.ledger.out_since(record.feed, cursor.epoch, cursor.seq)
+        if out is None:
+            return False
+        waited = self.clock() - max(out, opened_at)
+        if waited < SILENT_AFTER:
+            return False
+        self.silences.append(
+            f"{record.name}: stream to node {self.node} open since {opened_at:.1f} s, "
+            f"at {cursor.epoch}:{cursor.seq}, {waited:.0f} s after another follower got "
+            f"{cursor.seq + 1 if cursor.seq is not None else '?'}"
+        )
+        return True
 
     def _now(self, state: str) -> None:
         self.state, self.state_at = state, self.clock()
@@ -242,10 +264,13 @@ class Follower:
             while (await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)).strip():
                 pass  # the headers: chunked, as sse.py writes them
             self._now("open")
+            opened_at, told = self.clock(), False
             buffer = bytearray()
             while True:
                 size_line = await asyncio.wait_for(reader.readline(), SSE_SILENCE)
                 self.heard_at = self.clock()
+                if not told:
+                    told = self._silent(opened_at)
                 if not size_line:
                     return "lost: the stream's connection closed"
                 size = int(size_line.split(b";")[0].strip(), 16)

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 HOST = "127.0.0.1"
@@ -198,6 +199,10 @@ class RedisProc(Proc):
         try:
             # redis-py leaves execute_command unannotated.
             return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except RuntimeError as error:
+            # uvloop: a command written to a connection Redis had just closed (a
+            # restart); redis-py expects an OSError there. Found when it ended a soak.
+            raise RedisConnectionError(str(error)) from error
         finally:
             await client.aclose()
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not
 
 from chaos import KINDS, Soak, parse, plan  # noqa: E402
 from chaos_record import Accepted, FeedEnd, Ledger, Record, verdict  # noqa: E402
+from chaos_traffic import SILENT_AFTER, Follower  # noqa: E402
 from chaoskit import Node  # noqa: E402
 
 FEED = "chaos"
@@ -309,3 +311,35 @@ def test_an_sse_id_that_disagrees_with_its_event_is_mismatched() -> None:
     record.receive(event(1), 0.0, sse_id="e1:1")
     record.receive(event(2), 0.0, sse_id="e9:2")
     assert record.counts["mismatched"] == 1
+
+
+def test_the_ledger_tells_when_the_entry_after_a_position_first_reached_a_follower() -> None:
+    # What the soak's event-stream readers compare their silence with (SILENT_AFTER).
+    now = [10.0]
+    ledger = Ledger(lambda: now[0])
+    assert ledger.see("f", "E", 5, "a") is None
+    now[0] = 50.0
+    assert ledger.see("f", "E", 5, "a") is None  # seen again: still first seen at 10
+    assert ledger.see("f", "E", 5, "b") == "a"
+    assert ledger.out_since("f", "E", 4) == 10.0
+    assert ledger.out_since("f", "E", 5) is None  # nobody has seq 6 yet
+    assert ledger.out_since("f", "other", 4) is None
+    assert ledger.out_since("f", None, 4) is None
+
+
+def test_an_open_stream_waiting_past_silent_after_for_an_entry_others_have_is_noted_once() -> None:
+    now = [0.0]
+    ledger = Ledger(lambda: now[0])
+    record = Record("sse-1", "f", "sse", ledger, 1000)
+    record.cursor.epoch, record.cursor.seq = "E", 4
+    follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+    assert not follower._silent(opened_at=0.0)  # nobody has seq 5
+    now[0] = 10.0
+    ledger.see("f", "E", 5, "a")  # another follower gets it at 10 s
+    now[0] = 10.0 + SILENT_AFTER - 1
+    assert not follower._silent(opened_at=0.0)
+    now[0] = 10.0 + SILENT_AFTER + 1
+    assert not follower._silent(opened_at=now[0] - 5)  # this stream opened 5 s ago
+    assert follower._silent(opened_at=0.0)
+    [line] = follower.silences
+    assert line.startswith("sse-1: stream to node -1 open since 0.0 s, at E:4, 31 s after")
