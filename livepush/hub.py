@@ -481,7 +481,10 @@ class _Pauses:
         self.hub = hub
         # Feeds with paused subscriptions, and when the timer first saw each paused.
         self._paused: dict[Feed, dict[Subscription, float]] = {}
-        self._resuming: set[Subscription] = set()  # reading history to catch up
+        # Reading history to catch up, since when: a read that does not come back
+        # within STALL_SECONDS cuts the subscription as a stall does (its client
+        # resumes by reconnecting), or its stream would stay open with nothing sent.
+        self._resuming: dict[Subscription, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, state: Feed) -> None:
@@ -503,6 +506,8 @@ class _Pauses:
                 del since[sub]  # resumed or cut meanwhile
             for sub in list(state.paused):
                 if sub in self._resuming:
+                    if now - self._resuming[sub] > STALL_SECONDS:
+                        hub._perform(state, state.drop(sub, Cut.SLOW))
                     continue
                 started = since.setdefault(sub, now)
                 if sub.buffered() <= state.resume_at:
@@ -510,7 +515,7 @@ class _Pauses:
                     actions, request = state.resume(sub)
                     hub._perform(state, actions)
                     if request is not None:
-                        self._resuming.add(sub)
+                        self._resuming[sub] = now
                         hub.spawn(self._resume_from_history(state, sub, request.after))
                 elif now - started > STALL_SECONDS:
                     del since[sub]
@@ -528,7 +533,7 @@ class _Pauses:
             hub._perform(state, state.drop(sub, Cut.SLOW))  # it resumes by reconnecting
             return
         finally:
-            self._resuming.discard(sub)
+            self._resuming.pop(sub, None)
         if hub.feeds.get(state.name) is state:
             hub._perform(state, state.resume_history(sub, history))
 

@@ -13,10 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from livepush import hub as hub_module
 from livepush.brokers.base import Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.entries import entry_fields, new_entry_id
-from livepush.feed import Subscription
+from livepush.feed import RECENT_EVENTS, Subscription
 from livepush.hub import Format, Hub
 from livepush.model import Change, CloseCode, Event, EventType, History
 from livepush.wire import entry_template, ws_frame
@@ -405,4 +406,47 @@ async def test_a_joiner_between_a_reads_end_and_its_joiners_turn_joins_from_memo
     assert joined[0] is not None  # from memory, in the gap
     assert broker.reads == [0]
     assert late.seqs() == list(range(13, 61))
+    await hub.aclose()
+
+
+async def test_a_paused_subscriber_whose_catch_up_read_never_returns_is_cut_not_left_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A paused subscription that drained past the ring waits for a history read to
+    catch up. If that read does not come back (Redis stopped), it was exempt from the
+    stall deadline: its socket stayed open (an event stream's keepalives flowing) with
+    no event sent, for as long as the read hung. It is cut after STALL_SECONDS, as a
+    stalled one is, and its client resumes by reconnecting."""
+    monkeypatch.setattr(hub_module, "STALL_SECONDS", 0.2)
+    broker, hub = await _setup()
+    slow, fast = Recorder(), Recorder()
+    await hub.subscribe(slow, FEED, None, None)
+    await hub.subscribe(fast, FEED, None, None)
+    await _publish(broker, 1)
+    await _settle()
+    slow.backlog = 300_000  # past pause_at (max_buffer / 4), below max_buffer
+    await _publish(broker, RECENT_EVENTS + 20)  # what it misses no longer in the ring
+    await _settle()
+    assert slow.seqs() == [1]
+    assert slow.closed is None  # paused, not cut
+
+    never = asyncio.Event()
+
+    async def hangs(feed: str, since: int | None) -> History:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(hub, "_read_for_join", hangs)
+    slow.backlog = 0  # it drained: its catch-up reads history, which hangs
+
+    def cut() -> CloseCode | None:  # (read anew each time: the hub sets it)
+        return slow.closed
+
+    for _ in range(100):
+        if cut() is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert cut() is CloseCode.TRY_AGAIN_LATER
+    assert slow.seqs() == [1]
+    assert fast.seqs() == list(range(1, RECENT_EVENTS + 22))
     await hub.aclose()
