@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from livepush.brokers.redis_nodes import _ClosedIsLost
 
 HOST = "127.0.0.1"
 TOKEN = "chaos-token"
@@ -192,17 +193,24 @@ class RedisProc(Proc):
         super().__init__(name, argv, self.dir / "log", {})
 
     def client(self) -> Redis:
-        return Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        # livepush's own connection class: on uvloop, a command written to a connection
+        # Redis had just closed (a restart) raises RuntimeError where redis-py expects
+        # an OSError; this class makes it redis-py's ConnectionError, which the faults
+        # handle. Found when it ended a soak.
+        pool = ConnectionPool(
+            connection_class=_ClosedIsLost,
+            host=HOST,
+            port=self.port,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
+        return Redis.from_pool(pool)  # the client closes its pool
 
     async def call(self, *args: Any) -> Any:
         client = self.client()
         try:
             # redis-py leaves execute_command unannotated.
             return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except RuntimeError as error:
-            # uvloop: a command written to a connection Redis had just closed (a
-            # restart); redis-py expects an OSError there. Found when it ended a soak.
-            raise RedisConnectionError(str(error)) from error
         finally:
             await client.aclose()
 
