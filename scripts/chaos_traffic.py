@@ -28,11 +28,11 @@ from livepush.cursor import Action, Event, Refused, Step
 
 HTTP_TIMEOUT = 5.0  # seconds for a publish or a snapshot
 # The trust store, loaded once, as a browser loads it once for all its tabs. httpx
-# otherwise builds an SSL context (certifi's bundle, about 50 ms of CPU) for every
-# client it makes, even one that only speaks plain HTTP: a Redis kill without
-# persistence resets all 600 readers, whose 600 snapshot loads then held the soak's
-# one thread for about 30 s (progress lines 12-26 s apart, no reader connected,
-# a node's readiness check timed out unanswered).
+# otherwise builds an SSL context (certifi's bundle, about 60 ms of CPU: see
+# scripts/httpx_client_cost.py) for every client it makes, even one that only speaks
+# plain HTTP: a Redis kill without persistence resets all 600 readers, whose 600
+# snapshot loads then held the soak's one thread for about 35 s (progress lines
+# 12-26 s apart, no reader connected, a node's readiness check timed out unanswered).
 TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
