@@ -28,7 +28,12 @@ Then it quiesces: no new fault (the current one is undone), every process up, th
 publishers finish what they started, and every reader gets a bounded time to reach
 its feed's head. Every reader's record is checked against the accepted entries
 (scripts/chaos_record.py: verdict) and one line says PASS or FAIL with the counts;
-the exit status is 0 only on PASS. The whole run is bounded by --duration.
+the exit status is 0 only on PASS. The whole run is bounded by --duration. An open
+event stream that has read all its socket holds and still lacks an entry another
+reader got SILENT_AFTER (30 s) before is a FAIL too: the node left it silent. A
+reader that lacks one while its socket holds unread bytes is behind on its own (this
+process did not keep up); that is told (`reader_lag`), and its resets behind history
+are then the soak's doing, not livepush's.
 
 Cost and limits: the readers share this process and its core, so hundreds of them
 at tens of entries per second are what one Python process keeps up with; their
@@ -483,6 +488,10 @@ class Soak:
             "fault_log": [dataclasses.asdict(f) for f in self.faults],
             "behind": self.behind[:200],
             "silent_streams": [line for f in self.followers for line in f.silences][:200],
+            "reader_lag": {
+                "readers": sum(1 for f in self.followers if f.lag),
+                "max": round(max((f.lag for f in self.followers), default=0.0), 1),
+            },
             "node_ports": {node.port: node.name for node in self.nodes},
         }
 
@@ -520,6 +529,12 @@ async def soak(args: argparse.Namespace) -> int:
             follower.cut()
         result = verdict(run.records, run.accepted, ends, persistent=not args.no_persistence)
         result.failures += run.failures
+        silent = [line for follower in run.followers for line in follower.silences]
+        if silent:
+            result.failures.append(
+                f"{len(silent)} open event streams got nothing for over {SILENT_AFTER:.0f} s "
+                f"(nothing unread) while other readers had their next entry, e.g. {silent[0]}"
+            )
         refused = sum(r.counts["refused"] for r in run.records)
         if refused:
             result.failures.append(f"readers' subscriptions refused {refused} times")
@@ -530,11 +545,13 @@ async def soak(args: argparse.Namespace) -> int:
             for process in [*run.nodes, *run.redis.servers]
             if (found := process.tracebacks())
         }
-        silent = report["silent_streams"]
-        if silent:
+        lagged = report["reader_lag"]
+        if lagged["readers"]:
             print(
-                f"chaos: {len(silent)} open event streams waited over {SILENT_AFTER:.0f} s for "
-                f"an entry other readers had (in --json; not in the verdict), e.g. {silent[0]}",
+                f"chaos: {lagged['readers']} readers fell over {SILENT_AFTER:.0f} s behind "
+                f"with bytes unread in their sockets (the longest {lagged['max']:.0f} s): "
+                "the soak's own process did not keep up, and their resets behind history "
+                "are its doing; fewer --clients or a lower --rate measure livepush instead",
                 file=sys.stderr,
             )
         for name, found in report["tracebacks"].items():

@@ -8,8 +8,11 @@ by scripts/chaos_record.py.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
 import ssl
+import sys
+import termios
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -37,10 +40,13 @@ TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
 SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
-# An open event stream that brought nothing but keepalive comments for this long
-# after another follower got the entry it waits for: told in the report
-# (`silent_streams`), not yet part of the verdict.
+# An open event stream whose reader has read everything its socket holds and still
+# lacks an entry another follower got this long ago is silent: the node sent it
+# nothing (keepalive comments aside). A FAIL (`silent_streams`). A reader that lacks
+# such an entry while its socket holds unread bytes is behind on its own: the soak's
+# process did not keep up, and that is reported (`reader_lag`), not blamed on livepush.
 SILENT_AFTER = 30.0
+READ_SIZE = 1 << 20  # an event stream's read takes everything buffered
 
 
 # ---------------------------------------------------------------- followers
@@ -69,6 +75,40 @@ def sse_blocks(buffer: bytearray) -> Iterator[tuple[str, bytes, str | None]]:
                 last_id = value.decode()
         if data:
             yield event, b"\n".join(data), last_id
+
+
+class ChunkedBody:
+    """An HTTP/1.1 chunked body, decoded as its bytes arrive; trailers are ignored."""
+
+    def __init__(self) -> None:
+        self._raw = bytearray()
+        self.ended = False  # the last (zero-size) chunk came
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload of every chunk `data` completes; ValueError on a malformed one."""
+        raw, payload = self._raw, bytearray()
+        raw += data
+        while not self.ended and (eol := raw.find(b"\r\n")) >= 0:
+            size = int(raw[:eol].split(b";")[0].strip(), 16)
+            if size == 0:
+                self.ended = True
+                raw.clear()
+                break
+            end = eol + 2 + size
+            if len(raw) < end + 2:
+                break
+            if raw[end : end + 2] != b"\r\n":
+                raise ValueError("a chunk not followed by CRLF")
+            payload += raw[eol + 2 : end]
+            del raw[: end + 2]
+        return bytes(payload)
+
+
+def unread_bytes(sock: Any) -> int:
+    """What the kernel holds for this socket that its reader has not read yet."""
+    buffer = bytearray(4)
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buffer)
+    return int.from_bytes(buffer, sys.byteorder, signed=True)
 
 
 class Follower:
@@ -101,6 +141,7 @@ class Follower:
         self.messages = 0  # on the current connection
         self.heard_at = 0.0  # anything from the current connection, comments included
         self.silences: list[str] = []  # see SILENT_AFTER
+        self.lag = 0.0  # the longest it lacked an entry others had, with bytes unread
 
     @property
     def transport(self) -> str:
@@ -159,9 +200,10 @@ class Follower:
             self._now(f"backoff after {why}")
             await sleep_unless(stop, delay)
 
-    def _silent(self, opened_at: float) -> bool:
-        """Whether this open stream has waited SILENT_AFTER for an entry another
-        follower got (if so, it is noted once in `self.silences`)."""
+    def _waited(self, opened_at: float, unread: Callable[[], int]) -> bool:
+        """After a read: whether this open stream is silent (see SILENT_AFTER), noted
+        once in `self.silences`; a wait with bytes still unread is the reader's own
+        lag (`self.lag`)."""
         record, cursor = self.record, self.record.cursor
         out = record.ledger.out_since(record.feed, cursor.epoch, cursor.seq)
         if out is None:
@@ -169,10 +211,13 @@ class Follower:
         waited = self.clock() - max(out, opened_at)
         if waited < SILENT_AFTER:
             return False
+        if unread():
+            self.lag = max(self.lag, waited)
+            return False
         self.silences.append(
             f"{record.name}: stream to node {self.node} open since {opened_at:.1f} s, "
-            f"at {cursor.epoch}:{cursor.seq}, {waited:.0f} s after another follower got "
-            f"{cursor.seq + 1 if cursor.seq is not None else '?'}"
+            f"at {cursor.epoch}:{cursor.seq}, nothing unread, {waited:.0f} s after another "
+            f"follower got {cursor.seq + 1 if cursor.seq is not None else '?'}"
         )
         return True
 
@@ -265,26 +310,30 @@ class Follower:
                 pass  # the headers: chunked, as sse.py writes them
             self._now("open")
             opened_at, told = self.clock(), False
-            buffer = bytearray()
+            sock = writer.get_extra_info("socket")
+            body, buffer = ChunkedBody(), bytearray()
             while True:
-                size_line = await asyncio.wait_for(reader.readline(), SSE_SILENCE)
+                # All that is buffered at once, under one timer: a read per chunk, each
+                # under its own wait_for (a task), took a few turns of the loop per event,
+                # and once the soak's process was busy its 200 streams fell minutes
+                # behind with megabytes unread in their sockets (issue 11's long run).
+                async with asyncio.timeout(SSE_SILENCE):
+                    data = await reader.read(READ_SIZE)
                 self.heard_at = self.clock()
-                if not told:
-                    told = self._silent(opened_at)
-                if not size_line:
+                if not data:
                     return "lost: the stream's connection closed"
-                size = int(size_line.split(b";")[0].strip(), 16)
-                if size == 0:
-                    return "closed: the stream ended"
-                chunk = await asyncio.wait_for(reader.readexactly(size + 2), SSE_SILENCE)
-                buffer += chunk[:-2]
-                for _event, data, last_id in sse_blocks(buffer):
-                    message = orjson.loads(data)
+                buffer += body.feed(data)
+                for _event, payload, last_id in sse_blocks(buffer):
+                    message = orjson.loads(payload)
                     self._heard(message)
                     step = self.record.receive(message, self.clock(), last_id)
                     why = self._act(step)
                     if why is not None:
                         return why
+                if body.ended:
+                    return "closed: the stream ended"
+                if not told:  # the reader's buffer is empty: read() took it all
+                    told = self._waited(opened_at, lambda: unread_bytes(sock))
         finally:
             writer.transport.abort()  # the stream never ends by itself: nothing to flush
 

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not
 
 from chaos import KINDS, Soak, parse, plan  # noqa: E402
 from chaos_record import Accepted, FeedEnd, Ledger, Record, verdict  # noqa: E402
-from chaos_traffic import SILENT_AFTER, Follower  # noqa: E402
+from chaos_traffic import SILENT_AFTER, ChunkedBody, Follower, unread_bytes  # noqa: E402
 from chaoskit import Node  # noqa: E402
 
 FEED = "chaos"
@@ -327,19 +328,62 @@ def test_the_ledger_tells_when_the_entry_after_a_position_first_reached_a_follow
     assert ledger.out_since("f", None, 4) is None
 
 
-def test_an_open_stream_waiting_past_silent_after_for_an_entry_others_have_is_noted_once() -> None:
+def test_an_open_stream_with_nothing_unread_waiting_past_silent_after_is_silent_once() -> None:
     now = [0.0]
     ledger = Ledger(lambda: now[0])
     record = Record("sse-1", "f", "sse", ledger, 1000)
     record.cursor.epoch, record.cursor.seq = "E", 4
     follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
-    assert not follower._silent(opened_at=0.0)  # nobody has seq 5
+    nothing = lambda: 0  # noqa: E731
+    assert not follower._waited(0.0, nothing)  # nobody has seq 5
     now[0] = 10.0
     ledger.see("f", "E", 5, "a")  # another follower gets it at 10 s
     now[0] = 10.0 + SILENT_AFTER - 1
-    assert not follower._silent(opened_at=0.0)
+    assert not follower._waited(0.0, nothing)
     now[0] = 10.0 + SILENT_AFTER + 1
-    assert not follower._silent(opened_at=now[0] - 5)  # this stream opened 5 s ago
-    assert follower._silent(opened_at=0.0)
+    assert not follower._waited(now[0] - 5, nothing)  # this stream opened 5 s ago
+    assert follower._waited(0.0, nothing)
     [line] = follower.silences
-    assert line.startswith("sse-1: stream to node -1 open since 0.0 s, at E:4, 31 s after")
+    assert line.startswith(
+        "sse-1: stream to node -1 open since 0.0 s, at E:4, nothing unread, 31 s"
+    )
+    assert follower.lag == 0.0
+
+
+def test_a_reader_waiting_with_bytes_unread_is_lagging_not_silent() -> None:
+    # The soak's own process fell behind: the node sent the entry, the reader has not
+    # read it yet. Issue 11's long run took 200 such streams for silent ones.
+    now = [0.0]
+    ledger = Ledger(lambda: now[0])
+    record = Record("sse-2", "f", "sse", ledger, 1000)
+    record.cursor.epoch, record.cursor.seq = "E", 4
+    follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+    ledger.see("f", "E", 5, "a")
+    now[0] = SILENT_AFTER + 12
+    assert not follower._waited(0.0, lambda: 4096)
+    assert follower.silences == []
+    assert follower.lag == SILENT_AFTER + 12
+
+
+def test_a_chunked_body_is_decoded_across_any_split_and_ends_at_the_last_chunk() -> None:
+    wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+    for cut in range(len(wire) + 1):
+        body = ChunkedBody()
+        assert body.feed(wire[:cut]) + body.feed(wire[cut:]) == b"hello world"
+        assert body.ended
+    bytewise = ChunkedBody()
+    assert b"".join(bytewise.feed(wire[i : i + 1]) for i in range(len(wire))) == b"hello world"
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        ChunkedBody().feed(b"zz\r\n")
+    with pytest.raises(ValueError, match="not followed by CRLF"):
+        ChunkedBody().feed(b"2\r\nabXY")
+
+
+def test_unread_bytes_is_what_the_kernel_holds_for_the_reader() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        assert unread_bytes(right) == 0
+        left.sendall(b"x" * 1000)
+        assert unread_bytes(right) == 1000
+        right.recv(400)
+        assert unread_bytes(right) == 600
