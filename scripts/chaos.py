@@ -28,12 +28,12 @@ Then it quiesces: no new fault (the current one is undone), every process up, th
 publishers finish what they started, and every reader gets a bounded time to reach
 its feed's head. Every reader's record is checked against the accepted entries
 (scripts/chaos_record.py: verdict) and one line says PASS or FAIL with the counts;
-the exit status is 0 only on PASS. The whole run is bounded by --duration. An open
-event stream that has read all its socket holds and still lacks an entry another
-reader got SILENT_AFTER (30 s) before is a FAIL too: the node left it silent. A
-reader that lacks one while its socket holds unread bytes is behind on its own (this
-process did not keep up); that is told (`reader_lag`), and its resets behind history
-are then the soak's doing, not livepush's.
+the exit status is 0 only on PASS. The whole run is bounded by --duration. Every
+second, each reader's open connection is looked at: one that holds nothing unread and
+still lacks an entry another reader got SILENT_AFTER (30 s) before is a FAIL too (the
+node left it silent). A reader that lacks one while bytes wait unread is behind on its
+own (this process did not keep up); that is told (`reader_lag`), and its resets behind
+history are then the soak's doing, not livepush's.
 
 Cost and limits: the readers share this process and its core, so hundreds of them
 at tens of entries per second are what one Python process keeps up with; their
@@ -244,6 +244,7 @@ class Soak:
             self.publishers.append(publisher)
             publishing.append(asyncio.create_task(publisher.run(interval, self.creating, give_up)))
         self.tasks += publishing
+        self.tasks.append(asyncio.create_task(self.watch_silences()))
         window = until - time.monotonic()
         self.say(f"chaos for {window:.0f} s")
         if window < 10 and not args.no_faults:
@@ -277,6 +278,14 @@ class Soak:
             if time.monotonic() + fault.hold > end:
                 break
             await self.strike(fault)
+
+    async def watch_silences(self) -> None:
+        """Every second, each follower's open connection against the others' progress
+        (Follower.check_silence); to the end of the run, the quiesce included."""
+        while True:
+            await asyncio.sleep(1)
+            for follower in self.followers:
+                follower.check_silence()
 
     async def progress(self, until: float) -> None:
         while time.monotonic() < until:
@@ -532,7 +541,7 @@ async def soak(args: argparse.Namespace) -> int:
         silent = [line for follower in run.followers for line in follower.silences]
         if silent:
             result.failures.append(
-                f"{len(silent)} open event streams got nothing for over {SILENT_AFTER:.0f} s "
+                f"{len(silent)} open connections got nothing for over {SILENT_AFTER:.0f} s "
                 f"(nothing unread) while other readers had their next entry, e.g. {silent[0]}"
             )
         refused = sum(r.counts["refused"] for r in run.records)

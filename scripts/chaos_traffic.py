@@ -40,11 +40,11 @@ TRUST = ssl.create_default_context()
 OPEN_TIMEOUT = 10.0  # seconds for a WebSocket handshake or an event stream's head
 SSE_KEEPALIVE = 5  # seconds between the nodes' SSE comments (chaoskit.Node sets it)
 SSE_SILENCE = 3 * SSE_KEEPALIVE  # a stream silent this long is dead: reconnect
-# An open event stream whose reader has read everything its socket holds and still
-# lacks an entry another follower got this long ago is silent: the node sent it
-# nothing (keepalive comments aside). A FAIL (`silent_streams`). A reader that lacks
-# such an entry while its socket holds unread bytes is behind on its own: the soak's
-# process did not keep up, and that is reported (`reader_lag`), not blamed on livepush.
+# An open connection that holds nothing unread and still lacks an entry another
+# follower got this long ago is silent: the node sent it nothing (keepalives aside).
+# A FAIL (`silent_streams`). A reader that lacks such an entry while bytes wait unread
+# is behind on its own: the soak's process did not keep up, and that is reported
+# (`reader_lag`), not blamed on livepush. Follower.check_silence, every second.
 SILENT_AFTER = 30.0
 READ_SIZE = 1 << 20  # an event stream's read takes everything buffered
 
@@ -142,6 +142,10 @@ class Follower:
         self.heard_at = 0.0  # anything from the current connection, comments included
         self.silences: list[str] = []  # see SILENT_AFTER
         self.lag = 0.0  # the longest it lacked an entry others had, with bytes unread
+        # The open connection, for check_silence(): since when, and what it holds unread.
+        self.opened_at: float | None = None
+        self._unread: Callable[[], int] = lambda: 0
+        self._told = False  # its silence is noted: once per connection
 
     @property
     def transport(self) -> str:
@@ -184,6 +188,7 @@ class Follower:
                 self.record.counts["refused"] += 1
                 why = f"refused: {error.code}"
             self.abort = None
+            self.opened_at = None
             first = False
             self.ends[why.split(":")[0]] += 1
             if stop.is_set():
@@ -200,26 +205,34 @@ class Follower:
             self._now(f"backoff after {why}")
             await sleep_unless(stop, delay)
 
-    def _waited(self, opened_at: float, unread: Callable[[], int]) -> bool:
-        """After a read: whether this open stream is silent (see SILENT_AFTER), noted
-        once in `self.silences`; a wait with bytes still unread is the reader's own
-        lag (`self.lag`)."""
+    def _opened(self, unread: Callable[[], int]) -> None:
+        """The connection is open; `unread` tells the bytes it holds not yet read."""
+        self._now("open")
+        self.opened_at, self._unread, self._told = self.clock(), unread, False
+
+    def check_silence(self) -> None:
+        """Whether the open connection is silent (see SILENT_AFTER), noted once in
+        `self.silences`; a wait with bytes still unread is the reader's own lag
+        (`self.lag`). The soak calls it every second for every follower."""
+        if self.opened_at is None or self._told:
+            return
         record, cursor = self.record, self.record.cursor
         out = record.ledger.out_since(record.feed, cursor.epoch, cursor.seq)
         if out is None:
-            return False
-        waited = self.clock() - max(out, opened_at)
+            return
+        waited = self.clock() - max(out, self.opened_at)
         if waited < SILENT_AFTER:
-            return False
-        if unread():
+            return
+        if self._unread():
             self.lag = max(self.lag, waited)
-            return False
+            return
+        self._told = True
         self.silences.append(
-            f"{record.name}: stream to node {self.node} open since {opened_at:.1f} s, "
-            f"at {cursor.epoch}:{cursor.seq}, nothing unread, {waited:.0f} s after another "
-            f"follower got {cursor.seq + 1 if cursor.seq is not None else '?'}"
+            f"{record.name}: {self.transport} to node {self.node} open since "
+            f"{self.opened_at:.1f} s, at {cursor.epoch}:{cursor.seq}, nothing unread, "
+            f"{waited:.0f} s after another follower got "
+            f"{cursor.seq + 1 if cursor.seq is not None else '?'}"
         )
-        return True
 
     def _now(self, state: str) -> None:
         self.state, self.state_at = state, self.clock()
@@ -275,7 +288,8 @@ class Follower:
             max_size=2**20,
         ) as ws:
             self.abort = ws.transport.abort
-            self._now("open")
+            sock, frames = ws.transport.get_extra_info("socket"), ws.recv_messages.frames
+            self._opened(lambda: len(frames) + unread_bytes(sock))  # websockets' queue too
             async for data in ws:
                 message = orjson.loads(data)
                 self._heard(message)
@@ -308,9 +322,9 @@ class Follower:
                 raise SseEnded(status.decode(errors="replace").strip() or "no answer")
             while (await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)).strip():
                 pass  # the headers: chunked, as sse.py writes them
-            self._now("open")
-            opened_at, told = self.clock(), False
             sock = writer.get_extra_info("socket")
+            buffered: bytearray = vars(reader)["_buffer"]  # asyncio's (not in its stubs)
+            self._opened(lambda: len(buffered) + unread_bytes(sock))
             body, buffer = ChunkedBody(), bytearray()
             while True:
                 # All that is buffered at once, under one timer: a read per chunk, each
@@ -332,8 +346,6 @@ class Follower:
                         return why
                 if body.ended:
                     return "closed: the stream ended"
-                if not told:  # the reader's buffer is empty: read() took it all
-                    told = self._waited(opened_at, lambda: unread_bytes(sock))
         finally:
             writer.transport.abort()  # the stream never ends by itself: nothing to flush
 

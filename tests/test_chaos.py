@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the soak's modules are scripts, not
 from chaos import KINDS, Soak, parse, plan  # noqa: E402
 from chaos_record import Accepted, FeedEnd, Ledger, Record, verdict  # noqa: E402
 from chaos_traffic import SILENT_AFTER, ChunkedBody, Follower, unread_bytes  # noqa: E402
-from chaoskit import Node  # noqa: E402
+from chaoskit import Node, until  # noqa: E402
 
 FEED = "chaos"
 
@@ -89,6 +89,50 @@ async def test_a_feed_no_node_answers_at_the_quiesce_is_a_failure_with_what_they
         await run.http.aclose()
     [failure] = run.failures
     assert failure.startswith(f"no node answered {FEED}'s head at the quiesce (node-0: 503 ")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_a_follower_on_a_real_node_with_nothing_unread_tells_a_silence_from_progress(
+    server: Server, tmp_path: Path, transport: str
+) -> None:
+    """check_silence() on real connections of both kinds (the unread bytes read from the
+    socket and from websockets' or asyncio's buffer): a follower at the head is not
+    silent; one that lacks an entry another follower saw SILENT_AFTER ago is."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await apost(http, server, FEED, {"body": "one"})).status_code == 201
+        now = [time.monotonic()]
+        ledger = Ledger(lambda: now[0])
+        record = Record(f"{transport}-0", FEED, transport, ledger, 1000)
+        node = Node(tmp_path, 0, "redis://unused", 1000)
+        node.port = server.port
+        follower = Follower(record, [node], random.Random(1), lambda: now[0], 5.0, False)
+        stop = asyncio.Event()
+        task = asyncio.create_task(follower.run(stop))
+        try:
+            assert await until(
+                lambda: follower.opened_at is not None and record.cursor.seq == 1, 10
+            )
+            assert (await apost(http, server, FEED, {"body": "two"})).status_code == 201
+            assert await until(lambda: record.cursor.seq == 2, 10)
+            epoch = record.cursor.epoch
+            assert epoch is not None
+            ledger.see(FEED, epoch, 2, "seen")
+            now[0] += SILENT_AFTER + 5
+            follower.check_silence()
+            assert follower.silences == []  # nobody has seq 3: no wait
+            ledger.see(FEED, epoch, 3, "elsewhere")  # as another node's reader
+            follower.check_silence()
+            assert follower.silences == []  # first seen just now
+            now[0] += SILENT_AFTER + 1
+            follower.check_silence()
+        finally:
+            stop.set()
+            follower.cut()
+            await asyncio.wait_for(task, 10)
+        [line] = follower.silences
+        assert f"{transport}-0: {transport} to node 0 open since" in line
+        assert line.endswith("nothing unread, 31 s after another follower got 3")
+        assert follower.lag == 0.0
 
 
 # --------------------------------------------------------------- what the soak found
@@ -334,20 +378,27 @@ def test_an_open_stream_with_nothing_unread_waiting_past_silent_after_is_silent_
     record = Record("sse-1", "f", "sse", ledger, 1000)
     record.cursor.epoch, record.cursor.seq = "E", 4
     follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
-    nothing = lambda: 0  # noqa: E731
-    assert not follower._waited(0.0, nothing)  # nobody has seq 5
+    follower._opened(lambda: 0)  # nothing unread
+    follower.check_silence()  # nobody has seq 5
     now[0] = 10.0
     ledger.see("f", "E", 5, "a")  # another follower gets it at 10 s
     now[0] = 10.0 + SILENT_AFTER - 1
-    assert not follower._waited(0.0, nothing)
+    follower.check_silence()
+    assert follower.silences == []
     now[0] = 10.0 + SILENT_AFTER + 1
-    assert not follower._waited(now[0] - 5, nothing)  # this stream opened 5 s ago
-    assert follower._waited(0.0, nothing)
-    [line] = follower.silences
-    assert line.startswith(
-        "sse-1: stream to node -1 open since 0.0 s, at E:4, nothing unread, 31 s"
-    )
+    follower.check_silence()
+    follower.check_silence()
+    [line] = follower.silences  # once per connection
+    assert line.startswith("sse-1: sse to node -1 open since 0.0 s, at E:4, nothing unread, 31 s")
     assert follower.lag == 0.0
+    follower._opened(lambda: 0)  # a new connection, opened 5 s before...
+    now[0] += 5
+    follower.check_silence()
+    assert len(follower.silences) == 1  # ...has not waited SILENT_AFTER itself
+    follower.opened_at = None  # closed: nothing to check
+    now[0] += 100
+    follower.check_silence()
+    assert len(follower.silences) == 1
 
 
 def test_a_reader_waiting_with_bytes_unread_is_lagging_not_silent() -> None:
@@ -355,12 +406,13 @@ def test_a_reader_waiting_with_bytes_unread_is_lagging_not_silent() -> None:
     # read it yet. Issue 11's long run took 200 such streams for silent ones.
     now = [0.0]
     ledger = Ledger(lambda: now[0])
-    record = Record("sse-2", "f", "sse", ledger, 1000)
+    record = Record("ws-2", "f", "ws", ledger, 1000)
     record.cursor.epoch, record.cursor.seq = "E", 4
     follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+    follower._opened(lambda: 4096)
     ledger.see("f", "E", 5, "a")
     now[0] = SILENT_AFTER + 12
-    assert not follower._waited(0.0, lambda: 4096)
+    follower.check_silence()
     assert follower.silences == []
     assert follower.lag == SILENT_AFTER + 12
 
