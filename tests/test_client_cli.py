@@ -21,6 +21,18 @@ LIVEPUSH = str(Path(sys.executable).parent / "livepush")  # .venv/bin/livepush
 TIMEOUT = 60.0  # a bound for a loaded machine (backoff after a restart grows with its downtime)
 
 
+# Runs argv[1:] as a terminal's foreground job runs it: Ctrl-C (SIGINT) not ignored. A
+# suite started in the background (`./dev test &`, or by a tool) inherits SIGINT and
+# SIGQUIT ignored, as a shell sets them for a background job, and passes that on to
+# every process it starts; a `livepush tail` so started rightly ignores Ctrl-C, as
+# Python does, and these tests would wait for it in vain (seen in two suite runs:
+# the process state showed SIGINT in SigIgn). SIG_DFL survives the exec.
+IN_THE_FOREGROUND = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def environment(**extra: str) -> dict[str, str]:
     """This environment without LIVEPUSH_TOKEN (each test says which token it sends)."""
     env = {k: v for k, v in os.environ.items() if k != "LIVEPUSH_TOKEN"}
@@ -55,6 +67,9 @@ class Tail:
     @classmethod
     async def start(cls, *args: str) -> Tail:
         proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            IN_THE_FOREGROUND,
             LIVEPUSH,
             "tail",
             *args,
@@ -96,8 +111,7 @@ class Tail:
         try:
             code = await asyncio.wait_for(self.proc.wait(), TIMEOUT)
         except TimeoutError:
-            # Seen twice in one suite run (2026-12-03) and not reproduced since: say what
-            # the process was doing and how it held the signal, then end it.
+            # Say what the process was doing and how it held the signal, then end it.
             state = process_state(self.proc.pid)
             self.proc.kill()
             await self.proc.wait()
