@@ -40,7 +40,7 @@ from livepush.seed import DEMO_FEED, seed_demo
 from livepush.transports.base import Drain
 from livepush.transports.fastws import FastPath
 from livepush.transports.sse import feed_events
-from livepush.transports.uvicorn import LivepushHttpProtocol
+from livepush.transports.uvicorn import FirstRequest, LivepushHttpProtocol
 from livepush.transports.ws import FastHandshake, websocket_endpoint
 
 log = logging.getLogger("livepush")
@@ -194,6 +194,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
     LivepushHttpProtocol.fast_path = FastPath(FastHandshake(runtime), settings.ws_compression)
+    FirstRequest.seconds = settings.first_request_timeout
     Drain.configure(settings.drain_seconds)
 
     @contextlib.asynccontextmanager

@@ -41,6 +41,8 @@ class Settings:
     # thousands of phones behind one address).
     max_connections_per_address: int = 0
     subscribe_timeout: float = 30.0  # a WebSocket with no subscription is closed after it
+    # A connection that has not sent a whole first request head is closed after it.
+    first_request_timeout: float = 10.0
     # "shared": permessage-deflate without context takeover, each event compressed once
     # for every socket that accepted it; "off": decline it.
     ws_compression: str = "shared"
@@ -80,6 +82,8 @@ class Settings:
             raise ConfigError("max connections per address must be 0 (no limit) or more")
         if self.subscribe_timeout <= 0:
             raise ConfigError("subscribe timeout must be more than 0 seconds")
+        if self.first_request_timeout <= 0:
+            raise ConfigError("first request timeout must be more than 0 seconds")
         return self
 
     def warnings(self) -> list[str]:
@@ -289,6 +293,13 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         None,
         "seconds a WebSocket may stay open with no subscription (default 30)",
+    ),
+    Setting(
+        "first_request_timeout",
+        "LIVEPUSH_FIRST_REQUEST_TIMEOUT",
+        float,
+        None,
+        "seconds a connection may take to send its first request head (default 10)",
     ),
     Setting(
         "ws_compression",

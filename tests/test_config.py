@@ -150,6 +150,17 @@ def test_ws_compression_is_shared_by_default_and_off_on_request() -> None:
     assert load(environ={"LIVEPUSH_WS_COMPRESSION": "off"}).ws_compression == "off"
 
 
+@pytest.mark.parametrize(
+    "variable", ["LIVEPUSH_SUBSCRIBE_TIMEOUT", "LIVEPUSH_FIRST_REQUEST_TIMEOUT"]
+)
+def test_a_timeout_of_zero_seconds_is_refused_and_a_fraction_is_taken(variable: str) -> None:
+    with pytest.raises(ConfigError, match="timeout must be more than 0 seconds"):
+        load(environ={variable: "0"})
+    settings = load(environ={variable: "0.5"})
+    assert 0.5 in (settings.subscribe_timeout, settings.first_request_timeout)
+    assert load(environ={}).first_request_timeout == 10.0
+
+
 def test_an_unknown_ws_compression_is_refused() -> None:
     with pytest.raises(ConfigError, match="compression"):
         load(environ={"LIVEPUSH_WS_COMPRESSION": "per-socket"})

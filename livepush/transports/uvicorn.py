@@ -87,11 +87,13 @@ class FirstRequest(asyncio.Protocol):
     and its ASGI scope. Any
     other first request (or anything this does not understand) gets uvicorn's protocol,
     made then, with the bytes already read replayed to it. A connection that sends no
-    whole first request head within 10 s is closed (`_FirstRequests`).
+    whole first request head within `seconds` (10 by default) is closed (`_FirstRequests`).
     """
 
     MORE, UVICORN, FAST = object(), object(), object()
     PREFIX = b"GET " + WS_PATH
+    # Settings.first_request_timeout, set by create_app (uvicorn builds the protocol).
+    seconds: ClassVar[float] = 10.0
     MAX_HEAD = 16384  # a longer upgrade request goes to uvicorn, which has its limits
 
     __slots__ = (
@@ -355,7 +357,8 @@ class _Handshakes:
 
 
 class _FirstRequests:
-    """Closes connections that sent no whole first request head within SECONDS.
+    """Closes connections that sent no whole first request head within
+    `FirstRequest.seconds` (LIVEPUSH_FIRST_REQUEST_TIMEOUT).
 
     uvicorn leaves a connection that never sends a request open for ever: a few
     thousand of them hold file descriptors and memory for nothing. One timer per
@@ -365,7 +368,6 @@ class _FirstRequests:
     whose bytes wait unread is not closed: the loop, not the client, is late.
     """
 
-    SECONDS = 10.0
     _loops: ClassVar[dict[asyncio.AbstractEventLoop, _FirstRequests]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -381,9 +383,9 @@ class _FirstRequests:
         return found
 
     def add(self, first: FirstRequest) -> None:
-        self.waiting[first] = self.loop.time() + self.SECONDS
+        self.waiting[first] = self.loop.time() + FirstRequest.seconds
         if self.timer is None:
-            self.timer = self.loop.call_later(self.SECONDS, self.expire)
+            self.timer = self.loop.call_later(FirstRequest.seconds, self.expire)
 
     def discard(self, first: FirstRequest) -> None:
         self.waiting.pop(first, None)
@@ -400,7 +402,7 @@ class _FirstRequests:
             if _unread(first.transport):
                 # The client did send; this loop has not read it yet (it is behind, as
                 # in a connect storm of 100,000): its lateness is not the client's.
-                waiting[first] = now + self.SECONDS
+                waiting[first] = now + FirstRequest.seconds
                 continue
             first.transport.close()  # still no whole request head
         del self._loops[self.loop]
