@@ -19,6 +19,12 @@ from tests.browser.helpers import (
 )
 from tests.support import RedisServer, Server
 
+# After a server was down, livepush.js's next attempt can be up to its backoff cap
+# (BACKOFF_CAP_MS, 30 s) away: each failed attempt doubles the jitter's range, so a
+# restart that takes a few seconds on a loaded machine can leave the page waiting 8 s
+# or more, past expect()'s 5 s default (seen once in a suite run).
+AFTER_RESTART_MS = 40_000
+
 
 def test_reader_applies_created_updated_and_deleted_in_place(page: Page, server: Server) -> None:
     open_reader(page, server, "live")
@@ -125,7 +131,7 @@ def test_entries_published_across_a_server_restart_appear_once(
     after = publish(node, "restart", body="after the restart")
 
     expected = [before, *during, after]
-    expect(page.locator("article.lp-entry")).to_have_count(len(expected))
+    expect(page.locator("article.lp-entry")).to_have_count(len(expected), timeout=AFTER_RESTART_MS)
     assert shown_ids(page) == [e["id"] for e in reversed(expected)]
     events = recorded(page)
     assert [e["entry"]["id"] for e in events] == [e["id"] for e in expected]
@@ -143,7 +149,7 @@ def test_lost_history_resets_the_page_to_the_new_snapshot(page: Page, server: Se
     server.start()  # the in-process broker starts over: new epoch, seq from 1 again
     new = publish(server, "lost", body="from the second life")
 
-    expect(page.locator(article(new["id"]))).to_be_visible()
+    expect(page.locator(article(new["id"]))).to_be_visible(timeout=AFTER_RESTART_MS)
     expect(page.locator(article(old["id"]))).to_have_count(0)
     assert page.get_attribute("main", "data-epoch") != old_epoch
     assert recorded(page)[0]["type"] == "reset"
