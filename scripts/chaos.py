@@ -279,6 +279,10 @@ class Soak:
                 break
             await self.strike(fault)
 
+    def silences(self) -> list[str]:
+        """Every silent connection the followers noted (Follower.check_silence)."""
+        return [line for follower in self.followers for line in follower.silences]
+
     async def watch_silences(self) -> None:
         """Every second, each follower's open connection against the others' progress
         (Follower.check_silence); to the end of the run, the quiesce included."""
@@ -496,7 +500,7 @@ class Soak:
             "resets_seen": [dataclasses.asdict(x) for r in self.records for x in r.resets][:200],
             "fault_log": [dataclasses.asdict(f) for f in self.faults],
             "behind": self.behind[:200],
-            "silent_streams": [line for f in self.followers for line in f.silences][:200],
+            "silent_streams": self.silences()[:200],
             "reader_lag": {
                 "readers": sum(1 for f in self.followers if f.lag),
                 "max": round(max((f.lag for f in self.followers), default=0.0), 1),
@@ -538,7 +542,7 @@ async def soak(args: argparse.Namespace) -> int:
             follower.cut()
         result = verdict(run.records, run.accepted, ends, persistent=not args.no_persistence)
         result.failures += run.failures
-        silent = [line for follower in run.followers for line in follower.silences]
+        silent = run.silences()
         if silent:
             result.failures.append(
                 f"{len(silent)} open connections got nothing for over {SILENT_AFTER:.0f} s "

@@ -18,15 +18,12 @@ import time
 import httpx
 
 
-def per_client_ms(clients: int, verify: ssl.SSLContext | None) -> float:
-    """CPU milliseconds per client made (and closed unused)."""
+def per_client_ms(clients: int, verify: ssl.SSLContext | bool) -> float:
+    """CPU milliseconds per client made (and dropped unused); `verify=True` is httpx's
+    default, a context of the client's own."""
     started = time.process_time()
     for _ in range(clients):
-        client = (
-            httpx.AsyncClient(timeout=5.0)
-            if verify is None
-            else httpx.AsyncClient(timeout=5.0, verify=verify)
-        )
+        client = httpx.AsyncClient(timeout=5.0, verify=verify)
         del client
     return (time.process_time() - started) / clients * 1000
 
@@ -35,7 +32,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=200)
     args = parser.parse_args()
-    own = per_client_ms(args.clients, None)
+    own = per_client_ms(args.clients, True)
     shared = per_client_ms(args.clients, ssl.create_default_context())
     print(
         f"httpx.AsyncClient: {own:.2f} ms of CPU each with its own SSL context, "

@@ -372,12 +372,17 @@ def test_the_ledger_tells_when_the_entry_after_a_position_first_reached_a_follow
     assert ledger.out_since("f", None, 4) is None
 
 
+def follower_at_4(name: str, transport: str, now: list[float]) -> tuple[Ledger, Follower]:
+    """A follower of feed `f` at E:4, its ledger and itself on the clock `now[0]`."""
+    ledger = Ledger(lambda: now[0])
+    record = Record(name, "f", transport, ledger, 1000)
+    record.cursor.epoch, record.cursor.seq = "E", 4
+    return ledger, Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+
+
 def test_an_open_stream_with_nothing_unread_waiting_past_silent_after_is_silent_once() -> None:
     now = [0.0]
-    ledger = Ledger(lambda: now[0])
-    record = Record("sse-1", "f", "sse", ledger, 1000)
-    record.cursor.epoch, record.cursor.seq = "E", 4
-    follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+    ledger, follower = follower_at_4("sse-1", "sse", now)
     follower._opened(lambda: 0)  # nothing unread
     follower.check_silence()  # nobody has seq 5
     now[0] = 10.0
@@ -405,10 +410,7 @@ def test_a_reader_waiting_with_bytes_unread_is_lagging_not_silent() -> None:
     # The soak's own process fell behind: the node sent the entry, the reader has not
     # read it yet. Issue 11's long run took 200 such streams for silent ones.
     now = [0.0]
-    ledger = Ledger(lambda: now[0])
-    record = Record("ws-2", "f", "ws", ledger, 1000)
-    record.cursor.epoch, record.cursor.seq = "E", 4
-    follower = Follower(record, [], random.Random(1), lambda: now[0], 5.0, False)
+    ledger, follower = follower_at_4("ws-2", "ws", now)
     follower._opened(lambda: 4096)
     ledger.see("f", "E", 5, "a")
     now[0] = SILENT_AFTER + 12
