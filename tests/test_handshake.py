@@ -156,12 +156,33 @@ async def test_a_malformed_upgrade_gets_websockets_own_error(
     await shut(writer)
 
 
+async def test_a_known_head_whose_key_has_the_length_but_is_not_base64_gets_websockets_error(
+    node: Server,
+) -> None:
+    known, _ = upgrade_request()
+    reader, writer = await open_raw(node)
+    writer.write(known)  # the node now knows this head (but for its key)
+    assert (await read_head(reader))[0] == 101
+    await shut(writer)
+    for key in (b"!" * 24, b"A" * 23 + b"="):  # 24 bytes: not base64; 17 bytes once decoded
+        reader, writer = await open_raw(node)
+        request, _ = upgrade_request(key=key)
+        assert request.replace(key, known.split(b"Key: ")[1][:24]) == known
+        writer.write(request)
+        assert (await read_head(reader))[0] == 400
+        await shut(writer)
+
+
 @pytest.mark.parametrize("first_line", ["POST /v1/ws HTTP/1.1", "GET /v1/ws HTTP/1.0"])
 async def test_an_upgrade_with_another_method_or_version_is_refused(
     node: Server, first_line: str
 ) -> None:
     reader, writer = await open_raw(node)
     request, _ = upgrade_request()
+    writer.write(request)  # the same head but for its request line is known
+    assert (await read_head(reader))[0] == 101
+    await shut(writer)
+    reader, writer = await open_raw(node)
     writer.write(first_line.encode() + request[request.index(b"\r\n") :])
     status, _ = await read_head(reader)
     assert status >= 400  # never 101

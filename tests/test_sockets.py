@@ -17,9 +17,15 @@ from uvicorn.server import ServerState
 
 from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
-from livepush.transports.fastws import Deflate, FastSocket, Keepalive
+from livepush.transports.fastws import Deflate, FastPath, FastSocket, Keepalive, Negotiated
 from livepush.transports.sse import LAST_CHUNK, SseSocket, StreamHost
-from livepush.transports.uvicorn import FirstRequest, _FirstRequests, _Handshakes
+from livepush.transports.uvicorn import (
+    FirstRequest,
+    LivepushHttpProtocol,
+    _FirstRequests,
+    _Handshakes,
+)
+from tests.test_handshake import read_head, upgrade_request
 from tests.test_hostile_sockets import close_code, frame
 
 HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -425,3 +431,56 @@ async def test_sockets_that_connected_together_are_pinged_over_several_ticks() -
         if sweep.timer is not None:
             sweep.timer.cancel()
         Keepalive._sweeps.pop((loop, 0.5), None)
+
+
+class Opened:
+    """The app's side of the handshake in-process: what each opened socket was told."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def allowed(self, origin: str | None) -> bool:
+        return True
+
+    def open(self, socket: FastSocket, query: str, greeting: bytes) -> None:
+        self.queries.append(query)
+        socket.write(greeting)
+
+
+async def test_a_head_known_but_for_its_request_line_and_key_is_answered_without_a_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The readers of a storm send one head but for their `since` and their key: the
+    # first one's answer is remembered, and the others are told by a dict lookup.
+    opened = Opened()
+    fast = FastPath(opened, "shared")
+    monkeypatch.setattr(LivepushHttpProtocol, "fast_path", fast)
+    offer = "permessage-deflate; client_max_window_bits"
+    targets = ["/v1/ws?feed=a", "/v1/ws?feed=b&since=3", "/v1/ws"]
+    parsed = []
+    for target in targets:
+        request, expected = upgrade_request(target, Sec_WebSocket_Extensions=offer)
+        async with connected() as (transport, reader, _):
+            first = FirstRequest(Config(app=cast(Any, None)), ServerState(), {}, None)
+            first.transport = transport
+            assert first.feed(request) is FirstRequest.FAST
+            first.take_over()
+            parsed.append(bool(first.headers))
+            status, headers = await read_head(reader)
+            assert (status, headers["sec-websocket-accept"]) == (101, expected.decode())
+            assert "client_no_context_takeover" in headers["sec-websocket-extensions"]
+            opened_socket = transport.get_protocol()
+            assert isinstance(opened_socket, FastSocket)
+            assert opened_socket.deflate is not None
+    assert parsed == [True, False, False]  # only the first head's fields were read
+    assert opened.queries == ["feed=a", "feed=b&since=3", ""]
+    assert len(fast.heads) == 1
+
+
+def test_the_known_heads_stay_bounded() -> None:
+    fast = FastPath(Opened(), "shared")
+    negotiated = Negotiated(b"", None)
+    for i in range(FastPath.HEADS * 2 + 5):  # a cookie each, say: every head its own
+        fast.knows(f"\r\nCookie: {i}\r\n\r\n".encode(), negotiated)
+        assert len(fast.heads) <= FastPath.HEADS
+    assert b"\r\nCookie: %d\r\n\r\n" % (FastPath.HEADS * 2 + 4) in fast.heads

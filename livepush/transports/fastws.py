@@ -189,12 +189,12 @@ def deflate_of(extension: Extension) -> Deflate | None:
     )
 
 
-class _Negotiated(NamedTuple):
+class Negotiated(NamedTuple):
     header: bytes  # the response's Sec-WebSocket-Extensions line, or b""
     deflate: Deflate | None
 
 
-_NOTHING = _Negotiated(b"", None)
+_NOTHING = Negotiated(b"", None)
 
 
 class Upgrades:
@@ -210,11 +210,21 @@ class Upgrades:
 
     def __init__(self, compression: str) -> None:
         self.factories = [SharedDeflateFactory()] if compression == "shared" else []
-        self._negotiated: dict[tuple[bytes, ...], _Negotiated | None] = {}
+        self._negotiated: dict[tuple[bytes, ...], Negotiated | None] = {}
 
     def answer(
         self, method: str, http_version: str, headers: Sequence[tuple[bytes, bytes]]
     ) -> tuple[bytes, Deflate | None] | None:
+        accepted = self.accepts(method, http_version, headers)
+        if accepted is None:
+            return None
+        key, negotiated = accepted
+        return self.respond(key, negotiated), negotiated.deflate
+
+    def accepts(
+        self, method: str, http_version: str, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[bytes, Negotiated] | None:
+        """The request's key and what its offer negotiated, if a template answers it."""
         if method != "GET" or http_version != "1.1":
             return None
         key = version = None
@@ -227,12 +237,17 @@ class Upgrades:
                 version, versions = value, versions + 1
             elif name == b"sec-websocket-extensions":
                 offers.append(value)
-        if keys != 1 or versions != 1 or version != b"13" or not _valid_key(key):
+        if keys != 1 or versions != 1 or version != b"13" or not valid_key(key):
             return None
         negotiated = self._negotiate(tuple(offers)) if offers and self.factories else _NOTHING
         if negotiated is None:
             return None
-        response = b"".join(
+        return key, negotiated
+
+    @staticmethod
+    def respond(key: bytes, negotiated: Negotiated) -> bytes:
+        """The 101 for `key` (a valid one) with what was negotiated."""
+        return b"".join(
             (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
@@ -242,12 +257,11 @@ class Upgrades:
                 b"\r\n",
             )
         )
-        return response, negotiated.deflate
 
-    def _negotiate(self, offers: tuple[bytes, ...]) -> _Negotiated | None:
+    def _negotiate(self, offers: tuple[bytes, ...]) -> Negotiated | None:
         if offers in self._negotiated:
             return self._negotiated[offers]
-        negotiated: _Negotiated | None = _NOTHING
+        negotiated: Negotiated | None = _NOTHING
         try:
             items = [item for offer in offers for item in parse_extension(offer.decode("latin-1"))]
         except InvalidHandshake:
@@ -261,7 +275,7 @@ class Upgrades:
 
     def _first_accepted(
         self, items: list[tuple[ExtensionName, Sequence[ExtensionParameter]]]
-    ) -> _Negotiated:
+    ) -> Negotiated:
         # As websockets' process_extensions with livepush's one factory: the first
         # offer it accepts wins.
         for name, params in items:
@@ -273,13 +287,13 @@ class Upgrades:
                 except NegotiationError:
                     continue
                 header = build_extension([(factory.name, answer)]).encode("latin-1")
-                return _Negotiated(
+                return Negotiated(
                     b"Sec-WebSocket-Extensions: " + header + b"\r\n", deflate_of(extension)
                 )
         return _NOTHING
 
 
-def _valid_key(key: bytes | None) -> TypeGuard[bytes]:
+def valid_key(key: bytes | None) -> TypeGuard[bytes]:
     if key is None or len(key) != 24:
         return False
     try:
@@ -352,9 +366,21 @@ class UpgradeRequest(NamedTuple):
 class FastPath:
     """What the `/v1/ws` connections of one process share; set up by create_app."""
 
+    HEADS = 256  # distinct request heads remembered (`heads`)
+
     def __init__(self, handshaker: Handshaker, compression: str) -> None:
         self.handshaker = handshaker
         self.upgrades = Upgrades(compression)
+        # What an upgrade whose head is known was answered with, by its head without
+        # the request line and the Sec-WebSocket-Key's value (see uvicorn.FirstRequest):
+        # the clients of one kind send the same head but for those two.
+        self.heads: dict[bytes, Negotiated] = {}
+
+    def knows(self, head: bytes, negotiated: Negotiated) -> None:
+        """Requests whose head is `head` (`heads`) are answered with `negotiated`."""
+        if len(self.heads) >= self.HEADS:
+            self.heads.clear()  # cookies, say, make every head its own: start over
+        self.heads[head] = negotiated
 
 
 class FastSocket(asyncio.Protocol):
@@ -447,44 +473,91 @@ class FastSocket(asyncio.Protocol):
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
-    ) -> None:
-        """Answer an upgrade request to `/v1/ws`; on success the socket is open."""
+    ) -> Negotiated | None:
+        """Answer an upgrade request to `/v1/ws`; on success the socket is open.
+
+        Returns what a template answered it with (the origin allowed, the request
+        well-formed), None if it was refused or websockets answered it: a request
+        whose head differs from this one only in its key is answered alike
+        (`FastPath.heads`)."""
         headers = request.headers
         origin = next((value for name, value in headers if name == b"origin"), None)
         if not fast.handshaker.allowed(None if origin is None else origin.decode("latin-1")):
             transport.write(_plain_response(HTTPStatus.FORBIDDEN, FORBIDDEN))
             transport.close()
-            return
-        answer = fast.upgrades.answer(request.method, request.http_version, headers)
-        conn: ServerProtocol | None = None
-        if answer is not None:
-            response, deflate = answer
-        else:
-            conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
-            reply = conn.accept(
-                Request(
-                    request.target.decode("latin-1"),
-                    Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
-                    method=request.method,
-                    protocol=f"HTTP/{request.http_version}",
-                )
+            return None
+        accepted = fast.upgrades.accepts(request.method, request.http_version, headers)
+        if accepted is not None:
+            key, negotiated = accepted
+            cls.open(
+                transport,
+                Upgrades.respond(key, negotiated),
+                negotiated.deflate,
+                None,
+                request.target,
+                request.rest,
+                fast=fast,
+                connections=connections,
+                max_size=max_size,
+                ping_interval=ping_interval,
             )
-            conn.send_response(reply)
-            response = b"".join(conn.data_to_send())
-            if reply.status_code != 101:
-                transport.write(response)
-                transport.close()
-                return
-            # websockets' parser still waits for the request httptools parsed; the
-            # state is OPEN, so a fresh parser reads frames.
-            conn.parser = conn.parse()
-            next(conn.parser)
-            deflate = next(filter(None, map(deflate_of, conn.extensions)), None)
+            return negotiated
+        conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
+        reply = conn.accept(
+            Request(
+                request.target.decode("latin-1"),
+                Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+                method=request.method,
+                protocol=f"HTTP/{request.http_version}",
+            )
+        )
+        conn.send_response(reply)
+        response = b"".join(conn.data_to_send())
+        if reply.status_code != 101:
+            transport.write(response)
+            transport.close()
+            return None
+        # websockets' parser still waits for the request httptools parsed; the
+        # state is OPEN, so a fresh parser reads frames.
+        conn.parser = conn.parse()
+        next(conn.parser)
+        deflate = next(filter(None, map(deflate_of, conn.extensions)), None)
+        cls.open(
+            transport,
+            response,
+            deflate,
+            conn,
+            request.target,
+            request.rest,
+            fast=fast,
+            connections=connections,
+            max_size=max_size,
+            ping_interval=ping_interval,
+        )
+        return None
+
+    @classmethod
+    def open(
+        cls,
+        transport: asyncio.Transport,
+        response: bytes,
+        deflate: Deflate | None,
+        conn: ServerProtocol | None,
+        target: bytes,
+        rest: bytes,
+        *,
+        fast: FastPath,
+        connections: set[Any],
+        max_size: int,
+        ping_interval: float | None,
+    ) -> None:
+        """The handshake is answered by `response` (a 101): the socket opens, its
+        session starts, and `rest` (what the client sent after its request) is read."""
         opened = cls(transport, conn, deflate, connections, max_size, ping_interval)
         transport.set_protocol(opened)
-        fast.handshaker.open(opened, request.target.partition(b"?")[2].decode("latin-1"), response)
-        if request.rest:
-            opened.data_received(request.rest)
+        fast.handshaker.open(opened, target.partition(b"?")[2].decode("latin-1"), response)
+        if rest:
+            opened.data_received(rest)
 
     def peer(self) -> str:
         """The client's address (the TCP peer: a proxy's, behind one)."""

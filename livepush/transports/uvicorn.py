@@ -56,7 +56,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from livepush.transports.fastws import FastPath, FastSocket, UpgradeRequest
+from livepush.transports.fastws import (
+    FastPath,
+    FastSocket,
+    Negotiated,
+    UpgradeRequest,
+    Upgrades,
+    valid_key,
+)
 from livepush.transports.sse import TRANSPORT_EXTENSION, SseSocket, StreamHost
 
 WS_PATH = b"/v1/ws"
@@ -75,6 +82,11 @@ UPGRADE_HEAD = re.compile(
     + rb":[\t -~\x80-\xff]*\r\n)*)\r\n"
 )
 FIELD = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t -~\x80-\xff]*)\r\n")  # no backtracking
+# The request line alone, and a key field as clients write it: what a known head
+# (`FastPath.heads`) is told by.
+REQUEST_LINE = re.compile(rb"GET (" + re.escape(WS_PATH) + rb"(?:\?[!-~]*)?) HTTP/1\.1\r\n")
+KEY_FIELD = b"\r\nSec-WebSocket-Key: "
+KEY_LENGTH = 24  # base64 of 16 bytes
 
 
 class FirstRequest(asyncio.Protocol):
@@ -84,7 +96,11 @@ class FirstRequest(asyncio.Protocol):
     until its first request shows otherwise, it is only this object, a transport and a
     match of one regular expression (`UPGRADE_HEAD`). In a reconnect storm that skips,
     per connection, uvicorn's set-up (loggers, parser, flow control, address lookups)
-    and its ASGI scope. Any
+    and its ASGI scope. A head that differs from one answered before only in its
+    request line and its key's value (the clients of one kind, the readers of a storm)
+    is not parsed again: the process remembers what it was answered with
+    (`FastPath.heads`, a dict lookup by the rest of the head), and only the request
+    line and the key are checked. Any
     other first request (or anything this does not understand) gets uvicorn's protocol,
     made then, with the bytes already read replayed to it. A connection that sends no
     whole first request head within `seconds` (10 by default) is closed (`_FirstRequests`).
@@ -102,7 +118,10 @@ class FirstRequest(asyncio.Protocol):
         "connections",
         "deadlines",
         "end",
+        "head",
         "headers",
+        "key",
+        "known",
         "loop",
         "queued",
         "seen",
@@ -126,6 +145,8 @@ class FirstRequest(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.end = 0
+        self.head = self.key = b""  # the head but its request line and key; the key
+        self.known: Negotiated | None = None  # what `head` was answered with before
         self.deadlines: _FirstRequests | None = None
         self.queued = False  # its upgrade waits for its turn (`_Handshakes`)
 
@@ -164,7 +185,22 @@ class FirstRequest(asyncio.Protocol):
         fast = LivepushHttpProtocol.fast_path
         assert fast is not None
         config = self.config
-        FastSocket.take_over(
+        known = self.known
+        if known is not None:
+            FastSocket.open(
+                self.transport,
+                Upgrades.respond(self.key, known),
+                known.deflate,
+                None,
+                self.url,
+                self.seen[self.end :],
+                fast=fast,
+                connections=self.connections,
+                max_size=config.ws_max_size,
+                ping_interval=config.ws_ping_interval,
+            )
+            return
+        negotiated = FastSocket.take_over(
             self.transport,
             UpgradeRequest("GET", "1.1", self.url, self.headers, self.seen[self.end :]),
             fast,
@@ -172,6 +208,8 @@ class FirstRequest(asyncio.Protocol):
             config.ws_max_size,
             config.ws_ping_interval,
         )
+        if negotiated is not None and self.head:
+            fast.knows(self.head, negotiated)
 
     def _to_uvicorn(self) -> None:
         """uvicorn's protocol takes the connection, and every byte read so far."""
@@ -205,10 +243,23 @@ class FirstRequest(asyncio.Protocol):
         if end < 0:
             return self.MORE if len(seen) < self.MAX_HEAD else self.UVICORN
         self.end = end + 4
+        line = REQUEST_LINE.match(seen, 0, self.end)
+        if line is None:
+            return self.UVICORN
+        self.url = line[1]
+        key_at = seen.find(KEY_FIELD, line.end() - 2, end) + len(KEY_FIELD)
+        after = key_at + KEY_LENGTH
+        if key_at >= len(KEY_FIELD) and seen[after : after + 2] == b"\r\n":
+            self.key = seen[key_at:after]
+            self.head = seen[line.end() : key_at] + seen[after : self.end]
+            fast = LivepushHttpProtocol.fast_path
+            known = None if fast is None else fast.heads.get(self.head)
+            if known is not None and valid_key(self.key):
+                self.known = known
+                return self.FAST
         head = UPGRADE_HEAD.fullmatch(seen, 0, self.end)
         if head is None:
             return self.UVICORN
-        self.url = head[1]
         fields = FIELD.findall(head[2])
         self.headers = [(name.lower(), value.rstrip(b"\t ")) for name, value in fields]
         return self.FAST if _upgrades_to_websocket(self.headers) else self.UVICORN
