@@ -306,7 +306,9 @@ def valid_key(key: bytes | None) -> TypeGuard[bytes]:
 INCOMPLETE = "incomplete"  # a frame has begun: wait for more bytes
 UNUSUAL = "unusual"  # websockets reads from here on (or fails the connection)
 
-SIMPLE = frozenset((Opcode.TEXT.value, Opcode.PING.value, Opcode.PONG.value, Opcode.CLOSE.value))
+# The opcodes as ints: an enum member's `.value` is a property call, twice per frame.
+TEXT, PING, PONG, CLOSE = (op.value for op in (Opcode.TEXT, Opcode.PING, Opcode.PONG, Opcode.CLOSE))
+SIMPLE = frozenset((TEXT, PING, PONG, CLOSE))
 
 
 def simple_frame(
@@ -326,7 +328,7 @@ def simple_frame(
     first, second = buffer[at], buffer[at + 1]
     # FIN set and no RSV bit but RSV1 (compressed) on a text frame, a known opcode,
     # masked (RFC 6455 5.2, 5.3; RFC 7692 6).
-    compressed = first & 0xF0 == 0xC0 and inflate and first & 0x0F == Opcode.TEXT.value
+    compressed = first & 0xF0 == 0xC0 and inflate and first & 0x0F == TEXT
     if not (first & 0xF0 == 0x80 or compressed) or (first & 0x0F) not in SIMPLE:
         return UNUSUAL
     if not second & 0x80:
@@ -336,7 +338,7 @@ def simple_frame(
         if len(buffer) - at < 4:
             return INCOMPLETE
         length, start = (buffer[at + 2] << 8) | buffer[at + 3], at + 4
-    if length == 127 or length > max_size or (opcode != Opcode.TEXT.value and length > 125):
+    if length == 127 or length > max_size or (opcode != TEXT and length > 125):
         return UNUSUAL  # too big for this socket, or a control frame over 125 bytes
     end = start + 4 + length
     if len(buffer) < end:
@@ -589,12 +591,12 @@ class FastSocket(asyncio.Protocol):
                 return
             assert not isinstance(frame, str)
             opcode, payload, end = frame
-            if opcode == Opcode.TEXT.value:
+            if opcode == TEXT:
                 self._message(payload)
-            elif opcode == Opcode.PONG.value:
+            elif opcode == PONG:
                 if payload == self._pending_ping:
                     self._pending_ping = None
-            elif opcode == Opcode.PING.value:
+            elif opcode == PING:
                 if not self.closing:
                     self.transport.write(Frame(Opcode.PONG, payload).serialize(mask=False))
             elif not _valid_close(payload):

@@ -56,6 +56,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from livepush.deadlines import Deadlines
 from livepush.transports.fastws import (
     FastPath,
     FastSocket,
@@ -407,24 +408,20 @@ class _Handshakes:
                 self._loops.pop(self.loop, None)  # made again at the next upgrade
 
 
-class _FirstRequests:
+class _FirstRequests(Deadlines["FirstRequest"]):
     """Closes connections that sent no whole first request head within
     `FirstRequest.seconds` (LIVEPUSH_FIRST_REQUEST_TIMEOUT).
 
     uvicorn leaves a connection that never sends a request open for ever: a few
     thousand of them hold file descriptors and memory for nothing. One timer per
-    loop; the connections still reading their first request wait in arrival order
-    (a dict keeps insertion order: expiry pops from the front, a connection that
-    moves on leaves from anywhere), so only the slow ones cost anything. A connection
+    loop (`Deadlines`), so only the slow connections cost anything. A connection
     whose bytes wait unread is not closed: the loop, not the client, is late.
     """
 
     _loops: ClassVar[dict[asyncio.AbstractEventLoop, _FirstRequests]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.waiting: dict[FirstRequest, float] = {}  # in arrival order
-        self.timer: asyncio.TimerHandle | None = None
+        super().__init__(loop, FirstRequest.seconds, self._late)
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _FirstRequests:
@@ -433,29 +430,16 @@ class _FirstRequests:
             found = cls._loops[loop] = cls(loop)
         return found
 
-    def add(self, first: FirstRequest) -> None:
-        self.waiting[first] = self.loop.time() + FirstRequest.seconds
-        if self.timer is None:
-            self.timer = self.loop.call_later(FirstRequest.seconds, self.expire)
+    @staticmethod
+    def _late(first: FirstRequest) -> bool:
+        if _unread(first.transport):
+            # The client did send; this loop has not read it yet (it is behind, as
+            # in a connect storm of 100,000): its lateness is not the client's.
+            return True
+        first.transport.close()  # still no whole request head
+        return False
 
-    def discard(self, first: FirstRequest) -> None:
-        self.waiting.pop(first, None)
-
-    def expire(self) -> None:
-        self.timer = None
-        waiting, now = self.waiting, self.loop.time()
-        while waiting:
-            first, deadline = next(iter(waiting.items()))
-            if deadline > now:
-                self.timer = self.loop.call_at(deadline, self.expire)
-                return
-            del waiting[first]
-            if _unread(first.transport):
-                # The client did send; this loop has not read it yet (it is behind, as
-                # in a connect storm of 100,000): its lateness is not the client's.
-                waiting[first] = now + FirstRequest.seconds
-                continue
-            first.transport.close()  # still no whole request head
+    def emptied(self) -> None:
         del self._loops[self.loop]
 
 

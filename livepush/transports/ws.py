@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
+from livepush.deadlines import Deadlines
 from livepush.errors import (
     BadSince,
     BrokerUnavailable,
@@ -119,7 +120,7 @@ class Session:
         # One loop timer per subscription whose reader token expires (none for public
         # feeds: most sockets never hold the dict).
         self._expiry: dict[str, asyncio.TimerHandle] | None = None
-        self._idle: asyncio.TimerHandle | None = None  # armed while never subscribed
+        self._idle: _Unsubscribed | None = None  # where it waits while never subscribed
         self.address: str | None = None  # counted in the per-address limit, if any
         runtime.ws_connections += 1
         runtime.gc.opened()
@@ -193,7 +194,7 @@ class Session:
             self.error("forbidden", "receipts need a publisher token covering the feed")
             message = Subscribe(message.feed, message.since, message.epoch, token=message.token)
         if self._idle is not None:
-            self._idle.cancel()
+            self._idle.discard(self)
             self._idle = None
         feed, since, epoch = message.feed, message.since, message.epoch
         if grant.expires is not None:
@@ -224,13 +225,14 @@ class Session:
     def wait_for_subscription(self, seconds: float) -> None:
         """Close the socket (1008) unless it subscribes within `seconds`: a socket that
         never subscribes only holds a file descriptor and memory."""
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(seconds, self._never_subscribed)
+        self._idle = _Unsubscribed.of(asyncio.get_running_loop(), seconds)
+        self._idle.add(self)
 
-    def _never_subscribed(self) -> None:
+    def never_subscribed(self) -> bool:
         self._idle = None
         if not self.is_closed:
             self.conn.close(CloseCode.POLICY)
+        return False  # done waiting
 
     def _settled(self, feed: str, task: asyncio.Task[None]) -> None:
         if self.pending.get(feed) is task:
@@ -259,7 +261,8 @@ class Session:
         if self.address is not None:
             self.runtime.addresses.release(self.address)
         if self._idle is not None:
-            self._idle.cancel()
+            self._idle.discard(self)
+            self._idle = None
         for timer in (self._expiry or {}).values():
             timer.cancel()
         for task in list(self.pending.values()):
@@ -267,6 +270,26 @@ class Session:
         for sub in self.subs.values():
             self.hub.unsubscribe(sub)
         self.subs.clear()
+
+
+class _Unsubscribed(Deadlines[Session]):
+    """The sockets of a loop waiting for their first subscription, each closed at its
+    deadline unless it subscribed or closed first (one timer for all: `Deadlines`)."""
+
+    _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], _Unsubscribed]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        super().__init__(loop, seconds, Session.never_subscribed)
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, seconds: float) -> _Unsubscribed:
+        sweep = cls._sweeps.get((loop, seconds))
+        if sweep is None:
+            sweep = cls._sweeps[(loop, seconds)] = cls(loop, seconds)
+        return sweep
+
+    def emptied(self) -> None:
+        del self._sweeps[(self.loop, self.seconds)]
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
