@@ -489,41 +489,32 @@ class FastSocket(asyncio.Protocol):
             transport.close()
             return None
         accepted = fast.upgrades.accepts(request.method, request.http_version, headers)
+        conn: ServerProtocol | None = None
+        negotiated: Negotiated | None = None
         if accepted is not None:
             key, negotiated = accepted
-            cls.open(
-                transport,
-                Upgrades.respond(key, negotiated),
-                negotiated.deflate,
-                None,
-                request.target,
-                request.rest,
-                fast=fast,
-                connections=connections,
-                max_size=max_size,
-                ping_interval=ping_interval,
+            response, deflate = Upgrades.respond(key, negotiated), negotiated.deflate
+        else:
+            conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
+            reply = conn.accept(
+                Request(
+                    request.target.decode("latin-1"),
+                    Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
+                    method=request.method,
+                    protocol=f"HTTP/{request.http_version}",
+                )
             )
-            return negotiated
-        conn = ServerProtocol(extensions=fast.upgrades.factories, max_size=max_size, logger=log)
-        reply = conn.accept(
-            Request(
-                request.target.decode("latin-1"),
-                Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]),
-                method=request.method,
-                protocol=f"HTTP/{request.http_version}",
-            )
-        )
-        conn.send_response(reply)
-        response = b"".join(conn.data_to_send())
-        if reply.status_code != 101:
-            transport.write(response)
-            transport.close()
-            return None
-        # websockets' parser still waits for the request httptools parsed; the
-        # state is OPEN, so a fresh parser reads frames.
-        conn.parser = conn.parse()
-        next(conn.parser)
-        deflate = next(filter(None, map(deflate_of, conn.extensions)), None)
+            conn.send_response(reply)
+            response = b"".join(conn.data_to_send())
+            if reply.status_code != 101:
+                transport.write(response)
+                transport.close()
+                return None
+            # websockets' parser still waits for the request httptools parsed; the
+            # state is OPEN, so a fresh parser reads frames.
+            conn.parser = conn.parse()
+            next(conn.parser)
+            deflate = next(filter(None, map(deflate_of, conn.extensions)), None)
         cls.open(
             transport,
             response,
@@ -536,7 +527,7 @@ class FastSocket(asyncio.Protocol):
             max_size=max_size,
             ping_interval=ping_interval,
         )
-        return None
+        return negotiated
 
     @classmethod
     def open(
