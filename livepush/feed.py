@@ -126,7 +126,7 @@ class Subscription:
     def __init__(self, conn: Connection, feed: str, receipts: bool = False) -> None:
         self.conn = conn
         self.feed = feed
-        self.write = conn.write
+        self.write: Callable[[bytes], None] = conn.write
         self.buffered = conn.buffered
         self.last_seq = -1
         self.live = False

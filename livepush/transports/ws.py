@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -55,18 +56,14 @@ class WsConnection:
         # A socket that negotiated permessage-deflate gets the event's shared
         # compressed frame (livepush only accepts it without context takeover).
         self.format = Format.WS_DEFLATE if deflate else Format.WS
-        self.write = socket.write
+        self.write: Callable[[bytes], None] = socket.write
         self.buffered = socket.buffered
         self._held: list[bytes] | None = None
 
     def hold(self, first: bytes) -> None:
         """Collect writes after `first` until release(), then write them all at once."""
         held = self._held = [first]
-
-        def write(data: bytes) -> None:
-            held.append(data)
-
-        self.write = write
+        self.write = held.append
 
     def release(self) -> None:
         held, self._held = self._held, None
@@ -178,7 +175,8 @@ class Session:
                 del self.subs[ended]
         # A join that just finished is in both until its task's done callback runs:
         # count feeds, not entries, or it takes two places for that moment.
-        if len(self.subs.keys() | self.pending.keys()) >= self.max_feeds:
+        feeds = len(self.subs.keys() | self.pending.keys()) if self.subs or self.pending else 0
+        if feeds >= self.max_feeds:
             self.error("too_many_feeds", f"at most {self.max_feeds} feeds per connection")
             return
         access = self.runtime.access
@@ -379,4 +377,4 @@ def _subscribe_from_query(
         except BadSince as error:
             session.error("bad_since", str(error))
             return
-    session.subscribe(Subscribe(feed, position, epoch, token=token))
+    session.subscribe(Subscribe(feed, position, epoch, False, token))
