@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Hashable
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 T = TypeVar("T", bound=Hashable)
 
@@ -19,17 +19,30 @@ class Deadlines(Generic[T]):
     item that is done waiting leaves from anywhere. Only the items still waiting at
     their deadline cost anything more.
 
-    `expired(item)` is called at an item's deadline; when it returns True the item
-    waits `seconds` more (a connection whose bytes wait unread, say: the loop, not
-    the client, was late).
+    A subclass says what an item's deadline does (`expired`). `of()` gives the one
+    instance of a subclass per loop and wait, made at the first item and let go when
+    nothing waits any more.
     """
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, expired: Callable[[T], bool]
-    ) -> None:
-        self.loop, self.seconds, self.expired = loop, seconds, expired
+    _instances: ClassVar[dict[tuple[type, asyncio.AbstractEventLoop, float], Any]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.loop, self.seconds = loop, seconds
         self.waiting: dict[T, float] = {}  # in arrival order, with their deadlines
         self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, seconds: float) -> Self:
+        key = (cls, loop, seconds)
+        found = Deadlines._instances.get(key)
+        if found is None:
+            found = Deadlines._instances[key] = cls(loop, seconds)
+        return cast(Self, found)
+
+    def expired(self, item: T) -> bool:
+        """`item`'s deadline has come (it no longer waits): True to wait `seconds` more
+        (a connection whose bytes wait unread, say: the loop, not the client, was late)."""
+        raise NotImplementedError
 
     def add(self, item: T) -> None:
         self.waiting[item] = self.loop.time() + self.seconds
@@ -54,4 +67,7 @@ class Deadlines(Generic[T]):
         self.emptied()
 
     def emptied(self) -> None:
-        """Nothing waits any more (and no timer is armed): the owner may let go."""
+        """Nothing waits any more and no timer is armed: `of()` makes a new one next time."""
+        key = (type(self), self.loop, self.seconds)
+        if Deadlines._instances.get(key) is self:
+            del Deadlines._instances[key]

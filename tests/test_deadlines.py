@@ -33,12 +33,12 @@ class Recorded(Deadlines[str]):
     """Deadlines that record what expired, keep `again` waiting once, and their end."""
 
     def __init__(self, clock: Clock, again: set[str]) -> None:
-        super().__init__(cast(asyncio.AbstractEventLoop, clock), SECONDS, self._expired)
+        super().__init__(cast(asyncio.AbstractEventLoop, clock), SECONDS)
         self.again = again
         self.expired_items: list[str] = []
         self.ended = 0
 
-    def _expired(self, item: str) -> bool:
+    def expired(self, item: str) -> bool:
         self.expired_items.append(item)
         if item in self.again:
             self.again.discard(item)
@@ -47,6 +47,7 @@ class Recorded(Deadlines[str]):
 
     def emptied(self) -> None:
         self.ended += 1
+        super().emptied()
 
 
 def test_items_expire_in_arrival_order_unless_discarded_and_may_wait_again() -> None:
@@ -86,3 +87,26 @@ def test_an_item_added_later_expires_at_its_own_deadline_on_the_same_timer() -> 
     deadlines.expire()
     assert deadlines.expired_items == ["first", "second"]
     assert deadlines.ended == 1
+
+
+class Forgetting(Deadlines[str]):
+    def expired(self, item: str) -> bool:
+        return False
+
+
+def test_of_gives_one_instance_per_kind_loop_and_wait_until_nothing_waits() -> None:
+    clock = Clock()
+    loop = cast(asyncio.AbstractEventLoop, clock)
+    first = Forgetting.of(loop, SECONDS)
+    assert Forgetting.of(loop, SECONDS) is first
+    other_wait = Forgetting.of(loop, 2 * SECONDS)  # another wait: its own timer
+    other_kind = Deadlines[str].of(loop, SECONDS)
+    assert first not in (other_wait, other_kind)
+    first.add("a")
+    clock.now = SECONDS
+    first.expire()  # nothing waits any more: let go
+    again = Forgetting.of(loop, SECONDS)
+    assert again is not first
+    assert again.waiting == {}
+    for left in (again, other_wait, other_kind):
+        left.emptied()

@@ -280,14 +280,15 @@ async def test_a_first_request_unread_because_the_loop_is_behind_is_not_expired(
         writer.write(sent)
         await writer.drain()
         await asyncio.sleep(0.1)  # in the server side's receive queue by now
-        deadlines = _FirstRequests.of(loop)
+        deadlines = _FirstRequests.of(loop, FirstRequest.seconds)
         deadlines.waiting[first] = loop.time() - 1  # its deadline has passed
         deadlines.expire()
         assert transport.is_closing() is not kept
         assert (first in deadlines.waiting) is kept  # given another SECONDS
         if deadlines.timer is not None:
             deadlines.timer.cancel()
-        _FirstRequests._loops.pop(loop, None)
+        deadlines.waiting.clear()
+        deadlines.emptied()
 
 
 class Clock:

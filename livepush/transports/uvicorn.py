@@ -159,7 +159,7 @@ class FirstRequest(asyncio.Protocol):
             return
         self.connections.add(self)
         loop = self.loop = self.loop or asyncio.get_running_loop()
-        self.deadlines = _FirstRequests.of(loop)
+        self.deadlines = _FirstRequests.of(loop, self.seconds)
         self.deadlines.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -418,29 +418,13 @@ class _FirstRequests(Deadlines["FirstRequest"]):
     whose bytes wait unread is not closed: the loop, not the client, is late.
     """
 
-    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _FirstRequests]] = {}
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop, FirstRequest.seconds, self._late)
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> _FirstRequests:
-        found = cls._loops.get(loop)
-        if found is None:
-            found = cls._loops[loop] = cls(loop)
-        return found
-
-    @staticmethod
-    def _late(first: FirstRequest) -> bool:
+    def expired(self, first: FirstRequest) -> bool:
         if _unread(first.transport):
             # The client did send; this loop has not read it yet (it is behind, as
             # in a connect storm of 100,000): its lateness is not the client's.
             return True
         first.transport.close()  # still no whole request head
         return False
-
-    def emptied(self) -> None:
-        del self._loops[self.loop]
 
 
 def _unread(transport: asyncio.Transport) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.responses import PlainTextResponse
@@ -226,11 +226,10 @@ class Session:
         self._idle = _Unsubscribed.of(asyncio.get_running_loop(), seconds)
         self._idle.add(self)
 
-    def never_subscribed(self) -> bool:
+    def never_subscribed(self) -> None:
         self._idle = None
         if not self.is_closed:
             self.conn.close(CloseCode.POLICY)
-        return False  # done waiting
 
     def _settled(self, feed: str, task: asyncio.Task[None]) -> None:
         if self.pending.get(feed) is task:
@@ -274,20 +273,9 @@ class _Unsubscribed(Deadlines[Session]):
     """The sockets of a loop waiting for their first subscription, each closed at its
     deadline unless it subscribed or closed first (one timer for all: `Deadlines`)."""
 
-    _sweeps: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], _Unsubscribed]] = {}
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        super().__init__(loop, seconds, Session.never_subscribed)
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop, seconds: float) -> _Unsubscribed:
-        sweep = cls._sweeps.get((loop, seconds))
-        if sweep is None:
-            sweep = cls._sweeps[(loop, seconds)] = cls(loop, seconds)
-        return sweep
-
-    def emptied(self) -> None:
-        del self._sweeps[(self.loop, self.seconds)]
+    def expired(self, session: Session) -> bool:
+        session.never_subscribed()
+        return False
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
