@@ -56,9 +56,9 @@ PAUSE_POLL_SECONDS = 0.05
 STALL_SECONDS = 10.0
 # Joiners whose `since` falls in one block of this many positions share a history read.
 READ_BLOCK = 64
-# Joiners resumed per turn of the loop after a shared wait (a read, a feed's first
-# position), each joining and writing its catch-up: a few milliseconds' worth.
-RESUMED_PER_TURN = 64
+# Seconds of joiners resumed per turn of the loop after a shared wait (a read, a feed's
+# first position), each joining and writing its catch-up (`Turnstile`).
+RESUME_BUDGET = 0.001
 # Backoff between history reads that fail or make no progress.
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 
@@ -97,7 +97,7 @@ class Hub:
         self.receipts = Receipts(broker, self.tasks)
         self._inbox: dict[Feed, list[Event]] = {}  # live events of this loop turn
         self._reads: dict[tuple[str, int | None], asyncio.Task[History]] = {}  # joins' reads
-        self._resume = Turnstile(RESUMED_PER_TURN)  # joiners after a shared wait
+        self._resume = Turnstile(RESUME_BUDGET)  # joiners after a shared wait
         self.pauses = _Pauses(self)
         # Counters read by /metrics at scrape time; nothing else on the hot path.
         self.events_received = 0

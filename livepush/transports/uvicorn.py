@@ -355,9 +355,15 @@ class _Handshakes:
     later turn answers the next BUDGET's worth, after the loop has polled its sockets.
     When the loop has time, the first upgrades of a turn are answered at once, as
     before. An upgrade that raises is the loop's to log; the others keep their turns.
+
+    BUDGET is short because an entry crosses the loop several times on its way (its
+    POST, the Lua reply, the pub/sub message, the fan-out), each time behind the turn
+    under way: at 4 ms, the slowest calm entries of a storm waited behind four to
+    eight such turns in a row (`scripts/storm_turns.py`). A turn costs the loop a
+    poll of its sockets, tens of microseconds: a 1 ms budget answers upgrades as fast.
     """
 
-    BUDGET = 0.004
+    BUDGET = 0.001
     _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Handshakes]] = {}
 
     class Waiting(Protocol):
