@@ -10,8 +10,9 @@ get: when the harness sent it (the entry's `meta.t`), when the node handed it to
 It also records every turn of the loop longer than 4 ms: the connections accepted, the
 first requests read, the upgrades answered (`take_over`), the joiners let through the
 hub's turnstile, and the milliseconds spent in garbage collection, in the handshake
-pacer (`_Handshakes.next_turn`), in the hub's actions (`Hub._perform`: joins and
-fan-outs) and on the CPU at all. A turn is one pass of the loop's ready callbacks (a
+pacer (`_Handshakes.next_turn`), in the hub's actions (`Hub._perform`: joins' writes
+and fan-outs), in the feed core's joins (`Feed.join`, `Feed.join_history`) and on the
+CPU at all; and each batch the turnstile timed. A turn is one pass of the loop's ready callbacks (a
 callback re-armed with call_soon runs once per turn).
 
 It prints the bench's storm targets, then each entry that took over --slow-ms from the
@@ -91,12 +92,18 @@ if b"serve" in open("/proc/self/cmdline", "rb").read().split(b"\0"):
     counted(_transports.FirstRequest, "take_over", "upgrades")
     timed(_transports._Handshakes, "next_turn", "pacer")
     timed(_hub.Hub, "_perform", "hub")
+    from livepush import feed as _feed
+    timed(_feed.Feed, "join", "join")
+    timed(_feed.Feed, "join_history", "join")
 
     turn = _turnstile.Turnstile._turn
 
     def turnstile_turn(self, loop):
+        started, batch, now = self._batch_started, self._batch, time.perf_counter()
         turn(self, loop)
         counts["resumed"] += self.passed
+        if started is not None and batch:
+            write({"gate": [batch, (now - started) * 1e3, self.per_turn]})
 
     _turnstile.Turnstile._turn = turnstile_turn
 
@@ -154,6 +161,14 @@ def main() -> int:
     fanouts = sorted(r["fanout"] for r in records if "fanout" in r)
     entries = sorted((r for r in records if "entry" in r), key=lambda r: r["sent"])
     print(f"\n{len(entries)} entries, {len(turns)} turns of the loop over 4 ms")
+    gates = [r["gate"] for r in records if "gate" in r]
+    if gates:
+        print(
+            f"turnstile: {len(gates)} batches timed, {sum(g[0] for g in gates)} joiners, "
+            f"{sum(g[1] for g in gates) / len(gates):.2f} ms a batch on average, the "
+            f"longest {max(g[1] for g in gates):.2f} ms ({max(gates, key=lambda g: g[1])[0]} "
+            "joiners)"
+        )
     for entry in entries:
         end = next((f[1] for f in fanouts if f[1] >= entry["delivered"]), None)
         if end is None or (end - entry["sent"]) * 1e3 <= args.slow_ms:
