@@ -371,6 +371,33 @@ async def test_joiners_in_one_block_of_positions_share_one_history_read() -> Non
     await hub.aclose()
 
 
+async def test_joiners_of_a_shared_read_take_the_seeded_ring_not_each_the_reads_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The read seeds the ring as it ends; each joiner then joins from memory through the
+    # run of frames joined once per position, not by walking the read's events itself
+    # (in a storm of 10,000 that walk was milliseconds a turn).
+    broker, hub = await _sixty_before_anyone()
+    walked: list[int | None] = []
+    join_history = hub_module.Feed.join_history
+
+    def counted(feed: Any, sub: Any, since: Any, epoch: Any, history: Any) -> Any:
+        walked.append(since)
+        return join_history(feed, sub, since, epoch, history)
+
+    monkeypatch.setattr(hub_module.Feed, "join_history", counted)
+    conns = [Recorder() for _ in range(50)]
+    subs = await asyncio.gather(
+        *(hub.subscribe(conn, FEED, 10 + i % 5, None) for i, conn in enumerate(conns))
+    )
+    assert all(sub is not None for sub in subs)
+    assert broker.reads == [0]
+    assert walked == []
+    for i, conn in enumerate(conns):
+        assert conn.seqs() == list(range(11 + i % 5, 61))
+    await hub.aclose()
+
+
 async def test_joiners_arriving_one_after_another_behind_the_ring_share_one_read() -> None:
     # A reconnect storm's readers come back over seconds, not in one instant: the
     # first one's read teaches the node's ring what the next ones need.
