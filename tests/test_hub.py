@@ -17,7 +17,7 @@ from livepush import hub as hub_module
 from livepush.brokers.base import Receipt
 from livepush.brokers.memory import MemoryBroker
 from livepush.entries import entry_fields, new_entry_id
-from livepush.feed import RECENT_EVENTS, Subscription
+from livepush.feed import RECENT_EVENTS, Feed, Subscription
 from livepush.hub import Format, Hub
 from livepush.model import Change, CloseCode, Event, EventType, History
 from livepush.wire import entry_template, ws_frame
@@ -379,13 +379,13 @@ async def test_joiners_of_a_shared_read_take_the_seeded_ring_not_each_the_reads_
     # (in a storm of 10,000 that walk was milliseconds a turn).
     broker, hub = await _sixty_before_anyone()
     walked: list[int | None] = []
-    join_history = hub_module.Feed.join_history
+    join_history = Feed.join_history
 
     def counted(feed: Any, sub: Any, since: Any, epoch: Any, history: Any) -> Any:
         walked.append(since)
         return join_history(feed, sub, since, epoch, history)
 
-    monkeypatch.setattr(hub_module.Feed, "join_history", counted)
+    monkeypatch.setattr(Feed, "join_history", counted)
     conns = [Recorder() for _ in range(50)]
     subs = await asyncio.gather(
         *(hub.subscribe(conn, FEED, 10 + i % 5, None) for i, conn in enumerate(conns))
