@@ -646,6 +646,12 @@ class Feed:
             # The read may be older than the node (same epoch, checked above): an SSE
             # stream going on from the read's head would miss what the node sent since.
             return [self._reset(sub, history.epoch, max(history.head_seq, self.head))], None
+        if sub.last_seq < 0 and (joined := self.join(sub, since, epoch)) is not None:
+            # The seed above (or the read's own, as it ended) lets most of a storm's
+            # joiners who shared this read join from memory: through the run of frames
+            # joined once per position, not each walking the read's events. Only a
+            # first answer: a join already subscribed gets no second `subscribed`.
+            return joined, None
         data: list[bytes] = []
         if sub.last_seq < 0:
             data.append(self._subscribed_frame(sub, history.epoch, history.head_seq))

@@ -166,13 +166,6 @@ class Hub:
                 history = await self._read_for_join(feed, since)
                 if self.feeds.get(feed) is not state:
                     raise BrokerUnavailable("the feed was reset while subscribing")
-                # The read seeded the ring as it ended: a storm's joiners who shared it
-                # mostly join from memory now, through the run of frames joined once per
-                # position (`Feed.join`), not each from the read's events.
-                actions = state.join(sub, since, epoch)
-                if actions is not None:
-                    self._perform(state, actions)
-                    return sub
                 actions, request = state.join_history(sub, since, epoch, history)
                 self._perform(state, actions)
                 if isinstance(request, RenewEpoch):

@@ -3,10 +3,13 @@ head are joined once per (format, position) and head, and never outlive either."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from livepush import feed as feed_module
-from livepush.feed import Feed, Format, Send, Subscription
+from livepush.feed import Feed, Format, ReadHistory, Send, Subscription
+from livepush.model import History
 from tests.test_feed_purge import EPOCH, FEED, SECRET, Socket, created, started
 
 
@@ -64,3 +67,33 @@ def test_a_purge_leaves_no_run_with_the_entrys_text() -> None:
     _, after = join(feed, 0)
     assert b"SECRET-TEXT" not in after
     assert b'"kept"' in after
+
+
+def test_a_join_that_read_twice_gets_one_subscribed_when_the_second_read_seeds_the_ring() -> None:
+    # The node moved on while the client read: its first read ends at 30, the ring
+    # starts at 61, so the join asks for the rest (ReadHistory). The second read
+    # brings 31..100 and seeds the ring back to 31: the join ends from memory then,
+    # but the client already has its `subscribed` and 11..30.
+    feed = Feed(FEED, max_buffer=1 << 20)
+    feed.start(EPOCH, 60)
+    feed.receive(*(created(seq, f"entry{seq:011d}", f"text {seq}") for seq in range(61, 101)))
+    events = [created(seq, f"entry{seq:011d}", f"text {seq}") for seq in range(1, 101)]
+    socket = Socket()
+    sub = Subscription(socket, FEED)
+    feed.begin_join(sub)
+    actions, request = feed.join_history(sub, 10, EPOCH, History(EPOCH, 30, 1, tuple(events[:30])))
+    assert isinstance(request, ReadHistory)
+    assert request.after == 30
+    for action in actions:
+        assert isinstance(action, Send)
+        action.sub.write(action.data)
+    second = History(EPOCH, 100, 1, tuple(events[30:]))
+    actions, request = feed.join_history(sub, 30, EPOCH, second)
+    assert request is None
+    for action in actions:
+        assert isinstance(action, Send)
+        action.sub.write(action.data)
+    assert socket.data.count(b'"type":"subscribed"') == 1
+    seqs = [int(s) for s in re.findall(rb'"body":"text (\d+)"', socket.data)]
+    assert seqs == list(range(11, 101))
+    assert sub.live

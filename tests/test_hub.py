@@ -378,21 +378,23 @@ async def test_joiners_of_a_shared_read_take_the_seeded_ring_not_each_the_reads_
     # run of frames joined once per position, not by walking the read's events itself
     # (in a storm of 10,000 that walk was milliseconds a turn).
     broker, hub = await _sixty_before_anyone()
-    walked: list[int | None] = []
-    join_history = Feed.join_history
+    framed: list[int] = []  # each event's frame, as a catch-up takes it (cached or not)
+    frame = Feed._frame
 
-    def counted(feed: Any, sub: Any, since: Any, epoch: Any, history: Any) -> Any:
-        walked.append(since)
-        return join_history(feed, sub, since, epoch, history)
+    def counted(feed: Any, fmt: Format, event: Event) -> bytes:
+        framed.append(event.seq)
+        return frame(feed, fmt, event)
 
-    monkeypatch.setattr(Feed, "join_history", counted)
+    monkeypatch.setattr(Feed, "_frame", counted)
     conns = [Recorder() for _ in range(50)]
     subs = await asyncio.gather(
         *(hub.subscribe(conn, FEED, 10 + i % 5, None) for i, conn in enumerate(conns))
     )
     assert all(sub is not None for sub in subs)
     assert broker.reads == [0]
-    assert walked == []
+    # One run per position (10 to 14): 50 + 49 + 48 + 47 + 46 frames taken, where a
+    # walk per joiner takes ten times as many.
+    assert len(framed) == 240
     for i, conn in enumerate(conns):
         assert conn.seqs() == list(range(11 + i % 5, 61))
     await hub.aclose()
