@@ -59,11 +59,11 @@ if b"serve" in open("/proc/self/cmdline", "rb").read().split(b"\0"):
         last["wall"], last["cpu"] = now, cpu
         asyncio.get_running_loop().call_soon(tick)
 
-    def counted(cls, name, key, first=None):
+    def counted(cls, name, key, first=False):
         original = getattr(cls, name)
 
         def wrapper(*args, **kwargs):
-            if first is not None and not last:
+            if first and not last:
                 last["started"] = True
                 asyncio.get_running_loop().call_soon(tick)
             counts[key] += 1
@@ -71,18 +71,21 @@ if b"serve" in open("/proc/self/cmdline", "rb").read().split(b"\0"):
 
         setattr(cls, name, wrapper)
 
+    inside = collections.Counter()  # calls under way per key: a nested one (Feed.join
+    # inside Feed.join_history, a _perform inside a _perform) is not counted twice
+
     def timed(cls, name, key):
-        original, depth = getattr(cls, name), [0]
+        original = getattr(cls, name)
 
         def wrapper(*args, **kwargs):
-            if depth[0]:
+            if inside[key]:
                 return original(*args, **kwargs)
-            depth[0] += 1
+            inside[key] += 1
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                depth[0] -= 1
+                inside[key] -= 1
                 spent[key] += time.perf_counter() - started
 
         setattr(cls, name, wrapper)

@@ -358,8 +358,8 @@ class _Handshakes:
 
     BUDGET is short because an entry crosses the loop several times on its way (its
     POST, the Lua reply, the pub/sub message, the fan-out), each time behind the turn
-    under way: at 4 ms, the slowest calm entries of a storm waited behind four to
-    eight such turns in a row (`scripts/storm_turns.py`). A turn costs the loop a
+    under way: at 4 ms, the slowest calm entries of a storm waited behind six or
+    seven such turns in a row (`scripts/storm_turns.py`). A turn costs the loop a
     poll of its sockets, tens of microseconds: a 1 ms budget answers upgrades as fast.
     """
 
