@@ -271,7 +271,7 @@ class SentinelGroup:
 
     def healthy(self) -> bool:
         """Every sentinel names the same live primary, knows the other two sentinels and
-        one replica; the replica is online and caught up."""
+        one replica; the replica is online and caught up, and follows that primary."""
         try:
             named = set()
             for port in self.sentinel_ports:
@@ -288,7 +288,13 @@ class SentinelGroup:
             if primary.proc is None:
                 return False
             info = primary.client().info("replication")
-            return info.get("connected_slaves") == 1 and info["slave0"]["state"] == "online"
+            if info.get("connected_slaves") != 1 or info["slave0"]["state"] != "online":
+                return False
+            replica = self.replica()
+            if replica.proc is None:
+                return False
+            mine = replica.client().info("replication")
+            return bool(mine["master_port"] == primary.port and mine["master_link_status"] == "up")
         except (redis.RedisError, KeyError, StopIteration):
             return False
 
@@ -309,6 +315,29 @@ class SentinelGroup:
         """Start `node` again (empty) as a replica of the primary, as an operator would
         (the sentinels would make it one too, but only after ten seconds or more)."""
         node.start("--replicaof", HOST, str(self.primary().port))
+        self.wait_healthy()
+
+    def repair(self) -> None:
+        """Put back what a test that failed midway left broken (a killed server, a
+        replica pointed elsewhere), so that its failure is not every next test's too."""
+        if all(node.proc is not None for node in self.servers) and self.healthy():
+            return
+
+        def named_live() -> bool:
+            try:
+                return self.primary().proc is not None
+            except (redis.RedisError, StopIteration):
+                return False
+
+        wait_until(named_live, 30, "the sentinels to name a live primary")
+        primary = self.primary()
+        for node in self.servers:
+            if node is primary:
+                continue
+            if node.proc is None:
+                node.start("--replicaof", HOST, str(primary.port))
+            else:
+                node.call("REPLICAOF", HOST, str(primary.port))
         self.wait_healthy()
 
     def close(self) -> None:
