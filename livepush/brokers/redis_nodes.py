@@ -29,6 +29,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from livepush.brokers.redis_url import RedisTarget, Topology
@@ -97,7 +98,16 @@ class Trouble:
 
 
 class _ClosedIsLost(Connection):
-    """A write to a connection the server has already dropped is a lost connection.
+    """redis-py's connection, whose commands are written in the turn of the loop that
+    sends them, and for which a write to a connection the server already dropped is a
+    lost connection.
+
+    redis-py runs a write with a socket timeout as `asyncio.wait_for(...)`, which on
+    Python 3.11 makes it a task of its own: the command left two turns of the loop
+    after it was sent, and the reply's wait began only then. In a reconnect storm a
+    turn is milliseconds of handshakes, and every publish waited for those turns on its
+    way to Redis. Here the bytes go to the transport at once; only a drain (the
+    transport's buffer over its high-water mark) waits, within the same socket timeout.
 
     When Redis goes away between the connect and the first command (a primary killed
     while a node reconnects to it), the loop may have closed the transport before
@@ -112,13 +122,31 @@ class _ClosedIsLost(Connection):
     ) -> None:
         if not self.is_connected:
             await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        if isinstance(command, str):
+            command = command.encode()
         writer = self._writer
+        assert writer is not None  # connected
         try:
-            await super().send_packed_command(command, check_health)
+            writer.writelines([command] if isinstance(command, bytes) else command)
+            async with asyncio.timeout(self.socket_timeout):
+                await writer.drain()  # at once, unless the transport's buffer is full
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
         except RuntimeError as error:
-            if writer is None or not writer.transport.is_closing():
+            await self.disconnect(nowait=True)
+            if not writer.transport.is_closing():
                 raise
             raise ConnectionError(f"Connection closed by server ({error})") from error
+        except OSError as error:
+            await self.disconnect(nowait=True)
+            raise ConnectionError(f"Error while writing to socket: {error}") from error
+        except BaseException:
+            # A write cancelled halfway leaves the connection unusable (as redis-py).
+            await self.disconnect(nowait=True)
+            raise
 
 
 class _ClosedIsLostTls(_ClosedIsLost, SSLConnection):
@@ -157,10 +185,18 @@ class Server:
         Raises RedisError or OSError when the connection fails: the outcome of a write
         is then unknown, so nothing is retried here.
         """
-        try:
-            await asyncio.wait_for(self._free.acquire(), CONNECTION_WAIT)
-        except TimeoutError:
-            raise BrokerUnavailable(f"no free connection to Redis {self.name}") from None
+        free = self._free
+        if free.locked():
+            try:
+                async with asyncio.timeout(CONNECTION_WAIT):
+                    await free.acquire()
+            except TimeoutError:
+                raise BrokerUnavailable(f"no free connection to Redis {self.name}") from None
+        else:
+            # Not asyncio.wait_for: on 3.11 it runs the acquire as a task of its own,
+            # three turns of the loop before the command is even written, and in a
+            # reconnect storm a turn is milliseconds of handshakes.
+            await free.acquire()
         try:
             if len(commands) == 1 and not asking:
                 try:
