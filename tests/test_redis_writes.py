@@ -88,8 +88,9 @@ def test_a_write_redis_does_not_read_times_out_and_the_next_command_reconnects(
                 started = asyncio.get_running_loop().time()
                 with pytest.raises(BrokerUnavailable, match="Timeout writing"):
                     await nodes.execute("k", [("SET", "k", b"x" * (64 << 20))])
-                # It waited for the timeout, not for ever and not for nothing.
-                assert asyncio.get_running_loop().time() - started >= 0.5
+                # It waited for the timeout (uvloop's timers keep whole milliseconds and
+                # a cached clock: not a bound to the microsecond), not for nothing.
+                assert asyncio.get_running_loop().time() - started >= 0.4
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert await nodes.execute("k", [("SET", "k", "v")]) == [True]
