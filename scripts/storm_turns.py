@@ -5,8 +5,11 @@
 
 Runs `scripts/bench.py --scenarios storm --repeat 1` (any further options go to it) with
 a `sitecustomize` module in the server that records, for every entry the calm readers
-get: when the harness sent it (the entry's `meta.t`), when the node handed it to Redis
-(`accepted`), when its pub/sub message reached the hub, and when its fan-out ended.
+get: when the harness sent it (the entry's `meta.t`), when the node stamped it for
+Redis (`accepted`, just before the publish script is sent), when the node's publish
+call began and returned (`RedisBroker.publish`: Redis's own work is microseconds, so a
+long call is time the node took to send the script or to read the answer), when its
+pub/sub message reached the hub, and when its fan-out ended.
 It also records every turn of the loop longer than 4 ms: the connections accepted, the
 first requests read, the upgrades answered (`take_over`), the joiners let through the
 hub's turnstile, and the milliseconds spent in garbage collection, in the handshake
@@ -139,6 +142,18 @@ if b"serve" in open("/proc/self/cmdline", "rb").read().split(b"\0"):
         out.flush()
 
     _hub.Hub.deliver, _hub.Hub._deliver_inbox = hub_deliver, hub_inbox
+
+    from livepush.brokers import redis as _broker
+    publish = _broker.RedisBroker.publish
+
+    async def broker_publish(self, *args, **kwargs):
+        began = time.time()
+        try:
+            return await publish(self, *args, **kwargs)
+        finally:
+            write({"publish": [began, time.time()]})
+
+    _broker.RedisBroker.publish = broker_publish
 """
 
 
@@ -163,6 +178,7 @@ def main() -> int:
     turns = [r for r in records if "turn" in r]
     fanouts = sorted(r["fanout"] for r in records if "fanout" in r)
     entries = sorted((r for r in records if "entry" in r), key=lambda r: r["sent"])
+    publishes = [r["publish"] for r in records if "publish" in r]
     print(f"\n{len(entries)} entries, {len(turns)} turns of the loop over 4 ms")
     gates = [r["gate"] for r in records if "gate" in r]
     if gates:
@@ -182,6 +198,12 @@ def main() -> int:
             f"write; accepted at {(entry['accepted'] - sent) * 1e3:.1f}, at the hub at "
             f"{(entry['delivered'] - sent) * 1e3:.1f} ms"
         )
+        call = next((p for p in publishes if p[0] <= entry["accepted"] <= p[1]), None)
+        if call is not None:
+            print(
+                f"  its publish call from {(call[0] - sent) * 1e3:.1f} to "
+                f"{(call[1] - sent) * 1e3:.1f} ms"
+            )
         for turn in turns:
             started, ended = turn["turn"]
             if ended >= sent and started <= end:
