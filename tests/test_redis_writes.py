@@ -106,3 +106,29 @@ def test_a_write_redis_does_not_read_times_out_and_the_next_command_reconnects(
             await nodes.aclose()
 
     run_on_uvloop(scenario())
+
+
+def test_a_write_refused_on_an_open_connection_is_not_taken_for_a_lost_one(
+    redis_server: RedisServer,
+) -> None:
+    """Only a write to a transport the loop has closed is a lost connection (a 503 the
+    publisher retries). Any other RuntimeError, here a write after the connection's own
+    write_eof(), is a bug, and it stays one rather than pass for a Redis outage."""
+
+    async def scenario() -> None:
+        nodes = await one_server(redis_server.url)
+        pool = nodes._server.redis.connection_pool
+        connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.connect()
+            writer = connection._writer
+            assert writer is not None
+            writer.transport.write_eof()
+            assert not writer.transport.is_closing()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                await connection.send_command("PING")
+        finally:
+            await connection.disconnect()
+            await nodes.aclose()
+
+    run_on_uvloop(scenario())

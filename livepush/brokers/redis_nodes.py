@@ -136,8 +136,9 @@ class _ClosedIsLost(Connection):
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
         except RuntimeError as error:
+            closed = writer.transport.is_closing()  # before the disconnect closes it
             await self.disconnect(nowait=True)
-            if not writer.transport.is_closing():
+            if not closed:
                 raise
             raise ConnectionError(f"Connection closed by server ({error})") from error
         except OSError as error:
