@@ -8,10 +8,11 @@ directory that close() removes with the processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import redis
 import redis.exceptions
 import uvloop
+from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
 from livepush.brokers import redis_nodes
@@ -440,6 +442,35 @@ class TlsRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def run_on_uvloop(scenario: Coroutine[Any, Any, None]) -> None:
+    """Run `scenario` on uvloop, as `livepush serve` runs."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario)
+
+
+async def one_server(url: str) -> redis_nodes.OneServer:
+    """livepush's broker connections to the one Redis (or Sentinel-managed primary) of `url`."""
+    nodes = await redis_nodes.connect(parse_redis_url(url), redis_nodes.Scripts())
+    assert isinstance(nodes, redis_nodes.OneServer)
+    return nodes
+
+
+@contextlib.asynccontextmanager
+async def broker_connection(url: str) -> AsyncIterator[tuple[Connection, asyncio.StreamWriter]]:
+    """A new connection of the class livepush's broker uses for `url` (plain, TLS or
+    Sentinel-managed), connected, with its writer; disconnected afterwards."""
+    nodes = await one_server(url)
+    connection = nodes._server.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.connect()
+        writer = connection._writer
+        assert writer is not None
+        yield connection, writer
+    finally:
+        await connection.disconnect()
+        await nodes.aclose()
+
+
 def assert_a_dropped_connection_is_lost(url: str) -> None:
     """A command on a connection whose transport the loop has closed (the server reset
     it) raises redis-py's ConnectionError, not uvloop's RuntimeError; the next command
@@ -447,23 +478,12 @@ def assert_a_dropped_connection_is_lost(url: str) -> None:
     livepush's broker uses for `url` (plain, TLS or Sentinel-managed)."""
 
     async def scenario() -> None:
-        nodes = await redis_nodes.connect(parse_redis_url(url), redis_nodes.Scripts())
-        assert isinstance(nodes, redis_nodes.OneServer)
-        pool = nodes._server.redis.connection_pool
-        connection = pool.make_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.connect()
-            writer = connection._writer
-            assert writer is not None
+        async with broker_connection(url) as (connection, writer):
             writer.transport.abort()  # as the loop does when the server resets it
             await asyncio.sleep(0.05)  # the loop closes the socket's handle
             with pytest.raises(redis.exceptions.ConnectionError):
                 await connection.send_command("PING")
             await connection.send_command("PING")
             assert await connection.read_response() in (b"PONG", "PONG")
-        finally:
-            await connection.disconnect()
-            await nodes.aclose()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(scenario())
+    run_on_uvloop(scenario())

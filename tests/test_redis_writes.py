@@ -6,27 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import pytest
-import uvloop
 
-from livepush.brokers import redis_nodes
-from livepush.brokers.redis_url import parse_redis_url
 from livepush.errors import BrokerUnavailable
+from tests.redis_topologies import broker_connection, one_server, run_on_uvloop
 from tests.support import RedisServer
-
-
-def run_on_uvloop(scenario: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(scenario)
-
-
-async def one_server(url: str) -> redis_nodes.OneServer:
-    nodes = await redis_nodes.connect(parse_redis_url(url), redis_nodes.Scripts())
-    assert isinstance(nodes, redis_nodes.OneServer)
-    return nodes
 
 
 def test_a_command_is_written_in_the_turn_it_is_sent(
@@ -116,19 +102,10 @@ def test_a_write_refused_on_an_open_connection_is_not_taken_for_a_lost_one(
     write_eof(), is a bug, and it stays one rather than pass for a Redis outage."""
 
     async def scenario() -> None:
-        nodes = await one_server(redis_server.url)
-        pool = nodes._server.redis.connection_pool
-        connection = pool.make_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.connect()
-            writer = connection._writer
-            assert writer is not None
+        async with broker_connection(redis_server.url) as (connection, writer):
             writer.transport.write_eof()
             assert not writer.transport.is_closing()
             with pytest.raises(RuntimeError, match="write_eof"):
                 await connection.send_command("PING")
-        finally:
-            await connection.disconnect()
-            await nodes.aclose()
 
     run_on_uvloop(scenario())
