@@ -292,7 +292,7 @@ class SentinelGroup:
             info = primary.client().info("replication")
             if info.get("connected_slaves") != 1 or info["slave0"]["state"] != "online":
                 return False
-            replica = self.replica()
+            replica = next(node for node in self.servers if node is not primary)
             if replica.proc is None:
                 return False
             mine = replica.client().info("replication")

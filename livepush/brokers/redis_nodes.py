@@ -132,21 +132,18 @@ class _ClosedIsLost(Connection):
             writer.writelines([command] if isinstance(command, bytes) else command)
             async with asyncio.timeout(self.socket_timeout):
                 await writer.drain()  # at once, unless the transport's buffer is full
-        except TimeoutError:
+        except BaseException as error:
+            # A write that failed, timed out or was cancelled halfway leaves the
+            # connection unusable (as redis-py). Whether the loop had closed the
+            # transport is asked first: the disconnect closes it.
+            closed = writer.transport.is_closing()
             await self.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        except RuntimeError as error:
-            closed = writer.transport.is_closing()  # before the disconnect closes it
-            await self.disconnect(nowait=True)
-            if not closed:
-                raise
-            raise ConnectionError(f"Connection closed by server ({error})") from error
-        except OSError as error:
-            await self.disconnect(nowait=True)
-            raise ConnectionError(f"Error while writing to socket: {error}") from error
-        except BaseException:
-            # A write cancelled halfway leaves the connection unusable (as redis-py).
-            await self.disconnect(nowait=True)
+            if isinstance(error, TimeoutError):
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            if isinstance(error, RuntimeError) and closed:
+                raise ConnectionError(f"Connection closed by server ({error})") from error
+            if isinstance(error, OSError):
+                raise ConnectionError(f"Error while writing to socket: {error}") from error
             raise
 
 
@@ -186,18 +183,15 @@ class Server:
         Raises RedisError or OSError when the connection fails: the outcome of a write
         is then unknown, so nothing is retried here.
         """
-        free = self._free
-        if free.locked():
-            try:
-                async with asyncio.timeout(CONNECTION_WAIT):
-                    await free.acquire()
-            except TimeoutError:
-                raise BrokerUnavailable(f"no free connection to Redis {self.name}") from None
-        else:
+        try:
             # Not asyncio.wait_for: on 3.11 it runs the acquire as a task of its own,
             # three turns of the loop before the command is even written, and in a
-            # reconnect storm a turn is milliseconds of handshakes.
-            await free.acquire()
+            # reconnect storm a turn is milliseconds of handshakes. A free connection
+            # is taken here without yielding to the loop at all.
+            async with asyncio.timeout(CONNECTION_WAIT):
+                await self._free.acquire()
+        except TimeoutError:
+            raise BrokerUnavailable(f"no free connection to Redis {self.name}") from None
         try:
             if len(commands) == 1 and not asking:
                 try:
