@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from livepush.brokers import redis_nodes
 from livepush.errors import BrokerUnavailable
 from tests.redis_topologies import broker_connection, one_server, run_on_uvloop
 from tests.support import RedisServer
@@ -107,5 +108,31 @@ def test_a_write_refused_on_an_open_connection_is_not_taken_for_a_lost_one(
             assert not writer.transport.is_closing()
             with pytest.raises(RuntimeError, match="write_eof"):
                 await connection.send_command("PING")
+
+    run_on_uvloop(scenario())
+
+
+def test_a_command_waits_for_a_free_connection_and_gives_up_after_connection_wait(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_CONNECTIONS commands in flight: the next one waits for a connection to come
+    free, and goes when one does; no connection free within CONNECTION_WAIT is a 503."""
+    monkeypatch.setattr(redis_nodes, "CONNECTION_WAIT", 0.3)
+
+    async def scenario() -> None:
+        nodes = await one_server(redis_server.url)
+        server = nodes._server
+        try:
+            for _ in range(redis_nodes.MAX_CONNECTIONS):  # every connection busy
+                await server._free.acquire()
+            with pytest.raises(BrokerUnavailable, match="no free connection"):
+                await server.run([("PING",)])
+            waiting = asyncio.create_task(server.run([("PING",)]))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            server._free.release()  # one command finished
+            assert await waiting == [True]
+        finally:
+            await nodes.aclose()
 
     run_on_uvloop(scenario())
