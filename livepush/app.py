@@ -193,7 +193,9 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
     """The livepush ASGI app for `settings`; the broker is made from them unless given."""
     runtime = Runtime(settings, broker or make_broker(settings))
     # uvicorn builds the protocol per connection from a class: the setting lives on it.
-    LivepushHttpProtocol.fast_path = FastPath(FastHandshake(runtime), settings.ws_compression)
+    fast_path = LivepushHttpProtocol.fast_path = FastPath(
+        FastHandshake(runtime), settings.ws_compression
+    )
     FirstRequest.seconds = settings.first_request_timeout
     Drain.configure(settings.drain_seconds)
 
@@ -203,7 +205,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
         await runtime.broker.start(runtime.hub)
         if settings.demo and isinstance(runtime.broker, MemoryBroker):
             await seed_demo(runtime.broker)
-        loop = asyncio.get_running_loop()
+        loop = fast_path.loop = asyncio.get_running_loop()
         runtime.loop_lag.start(loop)
         # Scheduled entries, released by whichever node comes first (each once).
         releaser = Releaser(runtime.broker)
@@ -240,6 +242,7 @@ def create_app(settings: Settings, broker: Broker | None = None) -> Starlette:
             runtime.hub.close_all(CloseCode.SERVICE_RESTART)
             await runtime.hub.aclose()
             await runtime.broker.aclose()
+            fast_path.loop = None  # a later app (a test's) may run on another loop
 
     routes = [
         Route("/", reader_page),

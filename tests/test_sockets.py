@@ -15,6 +15,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from livepush.app import create_app
+from livepush.config import Settings
 from livepush.model import CloseCode
 from livepush.transports.base import ABORT_AFTER, Socket
 from livepush.transports.fastws import Deflate, FastPath, FastSocket, Keepalive, Negotiated
@@ -478,10 +480,93 @@ async def test_a_head_known_but_for_its_request_line_and_key_is_answered_without
     assert len(fast.heads) == 1
 
 
+def test_the_latest_known_head_is_told_by_its_two_parts_and_nothing_else_passes_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The storm's common case skips even the dict (`FastPath.latest`): the bytes
+    # around the key compared in place. Everything that differs from that head but
+    # for the request line and key goes the long way, and is judged as before.
+    fast = FastPath(Opened(), "shared")
+    monkeypatch.setattr(LivepushHttpProtocol, "fast_path", fast)
+    config, state = Config(app=cast(Any, None)), ServerState()
+
+    def verdict(request: bytes) -> tuple[object, FirstRequest]:
+        first = FirstRequest(config, state, {}, None)
+        return first.feed(request), first
+
+    known, _ = upgrade_request("/v1/ws?feed=a")
+    assert verdict(known)[0] is FirstRequest.FAST
+    key_at = known.index(b"Key: ") + 5
+    fast.knows(known[known.index(b"\r\n") + 2 : key_at], known[key_at + 24 :], _NEGOTIATED)
+    fast.heads.clear()  # from now on only `latest` knows the head
+
+    request, _ = upgrade_request("/v1/ws?feed=b&since=7")
+    told, first = verdict(request)
+    assert told is FirstRequest.FAST
+    assert (first.url, first.known, first.headers) == (b"/v1/ws?feed=b&since=7", _NEGOTIATED, [])
+    assert first.key == request[request.index(b"Key: ") + 5 :][:24]
+    assert first.end == len(request)
+
+    # Not the latest head: each is parsed (headers read) or handed to uvicorn.
+    for other, expected in (
+        (upgrade_request("/v1/ws?feed=b", Origin="https://x.example")[0], FirstRequest.FAST),
+        (request + b"\x81\x80", FirstRequest.FAST),  # a frame behind the head
+        (request.replace(b"GET /v1/ws", b"GET /v1/wz"), FirstRequest.UVICORN),
+        (request.replace(b"HTTP/1.1", b"HTTP/1.0"), FirstRequest.UVICORN),
+        (request.replace(b"feed=b", b"feed=\x7f"), FirstRequest.UVICORN),
+    ):
+        told, first = verdict(other)
+        assert (told, first.known) == (expected, None)
+        assert told is FirstRequest.UVICORN or first.headers
+    for key in (b"!" * 24, b"A" * 23 + b"="):  # the length of a key, but no key
+        told, first = verdict(request.replace(first_key(request), key))
+        assert first.known is None  # websockets' full handshake answers it (a 400)
+
+
+async def test_connections_take_the_apps_loop_from_the_fast_path_while_the_app_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio.get_running_loop() costs a getpid() per call on Python 3.11: a connection
+    # takes the loop the app started on, and a later app on another loop is not given
+    # a loop that has ended.
+    # What create_app sets, put back after.
+    monkeypatch.setattr(LivepushHttpProtocol, "fast_path", LivepushHttpProtocol.fast_path)
+    monkeypatch.setattr(FirstRequest, "seconds", FirstRequest.seconds)
+    app = create_app(Settings(demo=False))
+    fast = LivepushHttpProtocol.fast_path
+    assert fast is not None
+
+    def app_loop() -> asyncio.AbstractEventLoop | None:
+        return fast.loop
+
+    assert app_loop() is None
+    async with app.router.lifespan_context(app):
+        loop = asyncio.get_running_loop()
+        assert app_loop() is loop
+        async with connected() as (transport, reader, _):
+            first = FirstRequest(Config(app=cast(Any, None)), ServerState(), {}, None)
+            first.connection_made(transport)
+            assert first.loop is loop
+            first.data_received(upgrade_request("/v1/ws")[0])
+            assert (await read_head(reader))[0] == 101
+            opened = transport.get_protocol()
+            assert isinstance(opened, FastSocket)
+            assert opened.loop is loop
+    assert app_loop() is None
+
+
+def first_key(request: bytes) -> bytes:
+    at = request.index(b"Sec-WebSocket-Key: ") + len(b"Sec-WebSocket-Key: ")
+    return request[at : at + 24]
+
+
+_NEGOTIATED = Negotiated(b"Sec-WebSocket-Extensions: permessage-deflate\r\n", None)
+
+
 def test_the_known_heads_stay_bounded() -> None:
     fast = FastPath(Opened(), "shared")
     negotiated = Negotiated(b"", None)
     for i in range(FastPath.HEADS * 2 + 5):  # a cookie each, say: every head its own
-        fast.knows(f"\r\nCookie: {i}\r\n\r\n".encode(), negotiated)
+        fast.knows(b"Sec-WebSocket-Key: ", f"\r\nCookie: {i}\r\n\r\n".encode(), negotiated)
         assert len(fast.heads) <= FastPath.HEADS
-    assert b"\r\nCookie: %d\r\n\r\n" % (FastPath.HEADS * 2 + 4) in fast.heads
+    assert b"Sec-WebSocket-Key: \r\nCookie: %d\r\n\r\n" % (FastPath.HEADS * 2 + 4) in fast.heads

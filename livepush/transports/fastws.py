@@ -377,12 +377,19 @@ class FastPath:
         # the request line and the Sec-WebSocket-Key's value (see uvicorn.FirstRequest):
         # the clients of one kind send the same head but for those two.
         self.heads: dict[bytes, Negotiated] = {}
+        # The latest of them told apart (split where its key goes), with its answer:
+        # a storm's next request head is most likely the same again.
+        self.latest: tuple[bytes, bytes, Negotiated] | None = None
+        # The loop the app runs on, from its start to its end (create_app's lifespan).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def knows(self, head: bytes, negotiated: Negotiated) -> None:
-        """Requests whose head is `head` (`heads`) are answered with `negotiated`."""
+    def knows(self, before: bytes, after: bytes, negotiated: Negotiated) -> None:
+        """Requests whose head is `before`, a key, then `after` (`heads`) are answered
+        with `negotiated`."""
         if len(self.heads) >= self.HEADS:
             self.heads.clear()  # cookies, say, make every head its own: start over
-        self.heads[head] = negotiated
+        self.heads[before + after] = negotiated
+        self.latest = (before, after, negotiated)
 
 
 class FastSocket(asyncio.Protocol):
@@ -423,6 +430,7 @@ class FastSocket(asyncio.Protocol):
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.transport, self.connections = transport, connections
         self.write: Callable[[bytes], None] = transport.write
@@ -431,7 +439,7 @@ class FastSocket(asyncio.Protocol):
         # The client's window bits if it compresses each message on its own, else 0.
         self._inflate = (deflate[2] or 15) if deflate is not None and deflate[0] else 0
         self.max_size = max_size
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()
         self.ping_interval = ping_interval
         self._handler: MessageHandler | None = None
         self._close_sent = False
@@ -475,6 +483,7 @@ class FastSocket(asyncio.Protocol):
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Negotiated | None:
         """Answer an upgrade request to `/v1/ws`; on success the socket is open.
 
@@ -526,6 +535,7 @@ class FastSocket(asyncio.Protocol):
             connections=connections,
             max_size=max_size,
             ping_interval=ping_interval,
+            loop=loop,
         )
         return negotiated
 
@@ -543,10 +553,11 @@ class FastSocket(asyncio.Protocol):
         connections: set[Any],
         max_size: int,
         ping_interval: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         """The handshake is answered by `response` (a 101): the socket opens, its
         session starts, and `rest` (what the client sent after its request) is read."""
-        opened = cls(transport, conn, deflate, connections, max_size, ping_interval)
+        opened = cls(transport, conn, deflate, connections, max_size, ping_interval, loop)
         transport.set_protocol(opened)
         fast.handshaker.open(opened, target.partition(b"?")[2].decode("latin-1"), response)
         if rest:

@@ -146,7 +146,9 @@ class FirstRequest(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.end = 0
-        self.head = self.key = b""  # the head but its request line and key; the key
+        self.key = b""
+        # The head but for its request line and key: before the key, after it.
+        self.head: tuple[bytes, bytes] | None = None
         self.known: Negotiated | None = None  # what `head` was answered with before
         self.deadlines: _FirstRequests | None = None
         self.queued = False  # its upgrade waits for its turn (`_Handshakes`)
@@ -154,11 +156,14 @@ class FirstRequest(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        if LivepushHttpProtocol.fast_path is None:
+        fast = LivepushHttpProtocol.fast_path
+        if fast is None:
             self._to_uvicorn()  # no app of create_app's: nothing to tell apart
             return
         self.connections.add(self)
-        loop = self.loop = self.loop or asyncio.get_running_loop()
+        # The app's loop, known since its start: asyncio.get_running_loop() costs a
+        # getpid() system call per connection on Python 3.11.
+        loop = self.loop = self.loop or fast.loop or asyncio.get_running_loop()
         self.deadlines = _FirstRequests.of(loop, self.seconds)
         self.deadlines.add(self)
 
@@ -169,7 +174,9 @@ class FirstRequest(asyncio.Protocol):
         verdict = self.feed(data)
         if verdict is self.MORE:
             return
-        self.let_go()
+        if self.deadlines is not None:  # let_go(), inline: once per connection
+            self.deadlines.discard(self)
+            self.deadlines = None
         if verdict is self.UVICORN:
             self.connections.discard(self)
             self._to_uvicorn()
@@ -199,6 +206,7 @@ class FirstRequest(asyncio.Protocol):
                 connections=self.connections,
                 max_size=config.ws_max_size,
                 ping_interval=config.ws_ping_interval,
+                loop=self.loop,
             )
             return
         negotiated = FastSocket.take_over(
@@ -208,9 +216,10 @@ class FirstRequest(asyncio.Protocol):
             self.connections,
             config.ws_max_size,
             config.ws_ping_interval,
+            self.loop,
         )
         if negotiated is not None and self.head:
-            fast.knows(self.head, negotiated)
+            fast.knows(*self.head, negotiated)
 
     def _to_uvicorn(self) -> None:
         """uvicorn's protocol takes the connection, and every byte read so far."""
@@ -238,6 +247,8 @@ class FirstRequest(asyncio.Protocol):
         """MORE (the request head is incomplete), UVICORN (anything but a well-formed
         upgrade to /v1/ws: uvicorn takes the connection) or FAST."""
         seen = self.seen = self.seen + data
+        if seen.endswith(b"\r\n\r\n") and self._latest(seen):
+            return self.FAST
         if not seen.startswith(self.PREFIX[: len(seen)]):
             return self.UVICORN
         end = seen.find(b"\r\n\r\n")
@@ -252,10 +263,12 @@ class FirstRequest(asyncio.Protocol):
         after = key_at + KEY_LENGTH
         if key_at >= len(KEY_FIELD) and seen[after : after + 2] == b"\r\n":
             self.key = seen[key_at:after]
-            self.head = seen[line.end() : key_at] + seen[after : self.end]
+            self.head = (seen[line.end() : key_at], seen[after : self.end])
             fast = LivepushHttpProtocol.fast_path
-            known = None if fast is None else fast.heads.get(self.head)
+            known = None if fast is None else fast.heads.get(b"".join(self.head))
             if known is not None and valid_key(self.key):
+                assert fast is not None
+                fast.latest = (*self.head, known)
                 self.known = known
                 return self.FAST
         head = UPGRADE_HEAD.fullmatch(seen, 0, self.end)
@@ -264,6 +277,31 @@ class FirstRequest(asyncio.Protocol):
         fields = FIELD.findall(head[2])
         self.headers = [(name.lower(), value.rstrip(b"\t ")) for name, value in fields]
         return self.FAST if _upgrades_to_websocket(self.headers) else self.UVICORN
+
+    def _latest(self, seen: bytes) -> bool:
+        """Whether `seen` is exactly one request head, the latest known one's
+        (`FastPath.latest`) but for its request line and key: the common case of a
+        storm, told without a parse, a slice of the head or a hash of it."""
+        fast = LivepushHttpProtocol.fast_path
+        latest = None if fast is None else fast.latest
+        if latest is None:
+            return False
+        before, after, known = latest
+        line_end = seen.find(b"\r\n") + 2
+        key_at = line_end + len(before)
+        key_end = key_at + KEY_LENGTH
+        if not (
+            len(seen) == key_end + len(after)
+            and seen.startswith(before, line_end)
+            and seen.endswith(after)
+        ):
+            return False
+        line = REQUEST_LINE.match(seen, 0, line_end)
+        key = seen[key_at:key_end]
+        if line is None or not valid_key(key):
+            return False
+        self.url, self.key, self.known, self.end = line[1], key, known, len(seen)
+        return True
 
 
 class LivepushHttpProtocol(HttpToolsProtocol):
@@ -297,6 +335,7 @@ class LivepushHttpProtocol(HttpToolsProtocol):
             self.connections,
             config.ws_max_size,
             config.ws_ping_interval,
+            self.loop,
         )
         # This object is done: break its cycle with the parser so that reference
         # counting frees it now rather than a garbage collection later.
