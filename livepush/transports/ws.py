@@ -220,10 +220,10 @@ class Session:
             message = {"type": "unsubscribed", "feed": feed, "reason": "token_expired"}
             self.conn.send("unsubscribed", message)
 
-    def wait_for_subscription(self, seconds: float) -> None:
-        """Close the socket (1008) unless it subscribes within `seconds`: a socket that
-        never subscribes only holds a file descriptor and memory."""
-        self._idle = _Unsubscribed.of(asyncio.get_running_loop(), seconds)
+    def wait_for_subscription(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the socket (1008) unless it subscribes within `seconds` (on `loop`, the
+        socket's): a socket that never subscribes only holds a file descriptor and memory."""
+        self._idle = _Unsubscribed.of(loop, seconds)
         self._idle.add(self)
 
     def never_subscribed(self) -> None:
@@ -323,7 +323,7 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
         for sub in session.subs.values():
             sub.write = conn.write  # they took the holding write when they joined
     if not session.subs and not session.pending:
-        session.wait_for_subscription(runtime.settings.subscribe_timeout)
+        session.wait_for_subscription(runtime.settings.subscribe_timeout, socket.loop)
 
 
 def query_params(query: str) -> dict[str, str]:
