@@ -133,7 +133,12 @@ class Hub:
         if actions is None:
             return None
         self._keep(state)
-        self._perform(state, actions)
+        # A join from memory is one Send and asks the broker for nothing: written here
+        # rather than through `_perform` (a storm makes thousands of them).
+        if len(actions) == 1 and isinstance(send := actions[0], Send):
+            self._write(state, [send.sub], send.data)
+        else:
+            self._perform(state, actions)
         return sub
 
     async def subscribe(

@@ -90,11 +90,8 @@ class PerAddress:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.limited = limit > 0  # read per connection: an attribute, not a property
         self.counts: dict[str, int] = {}
-
-    @property
-    def limited(self) -> bool:
-        return self.limit > 0
 
     def admit(self, address: str) -> bool:
         """Count one more connection from `address`, unless it already holds the limit."""

@@ -21,7 +21,7 @@ from livepush.brokers.memory import MemoryBroker
 from livepush.config import Settings
 from livepush.model import Change, CloseCode, EventType
 from livepush.runtime import Runtime
-from livepush.transports.ws import Session, WsConnection
+from livepush.transports.ws import Session
 from livepush.wire import entry_template
 from tests.jwts import SECRET, mint
 
@@ -123,7 +123,7 @@ async def drive(sent: list[bytes]) -> tuple[FakeSocket, Runtime, Session]:
         entry = entry_template("e1", None, {"body": "x"})
         await broker.publish(feed, Change(EventType.CREATED, "e1", entry))
     socket = FakeSocket()
-    session = Session(WsConnection(socket, deflate=False), runtime)
+    session = Session(socket, False, runtime)
     try:
         for data in sent:
             session.receive(data)

@@ -27,7 +27,6 @@ builds a full `Headers` and `Response` per connection. Here (reached from
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
@@ -251,7 +250,7 @@ class Upgrades:
             (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
-                base64.b64encode(hashlib.sha1(key + GUID).digest()),
+                binascii.b2a_base64(hashlib.sha1(key + GUID).digest(), newline=False),
                 b"\r\n",
                 negotiated.header,
                 b"\r\n",

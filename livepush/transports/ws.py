@@ -46,12 +46,38 @@ MESSAGE_RATE = 20.0
 STRIKES = 50
 
 
-class WsConnection:
-    """A WebSocket as the hub sees it: writes go straight to the socket's transport."""
+class Session:
+    """One client's subscriptions on one socket, driven by its messages; never awaits.
 
-    __slots__ = ("_held", "_socket", "buffered", "format", "write")
+    A subscribe that this node can serve from memory completes at once; one that
+    needs the broker runs as a short task owned by the hub, and later messages about
+    the same feed (unsubscribe, subscribe again) cancel it, so order is kept.
 
-    def __init__(self, socket: Socket, deflate: bool) -> None:
+    The session is also the socket as the hub sees it (`feed.Connection`): its
+    writes go straight to the socket's transport. One object per connection rather
+    than two: a reconnect storm makes tens of thousands of them.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_expiry",
+        "_held",
+        "_idle",
+        "_socket",
+        "_strikes",
+        "address",
+        "buffered",
+        "format",
+        "hub",
+        "is_closed",
+        "max_feeds",
+        "pending",
+        "runtime",
+        "subs",
+        "write",
+    )
+
+    def __init__(self, socket: Socket, deflate: bool, runtime: Runtime) -> None:
         self._socket = socket
         # A socket that negotiated permessage-deflate gets the event's shared
         # compressed frame (livepush only accepts it without context takeover).
@@ -59,6 +85,23 @@ class WsConnection:
         self.write: Callable[[bytes], None] = socket.write
         self.buffered = socket.buffered
         self._held: list[bytes] | None = None
+        self.runtime = runtime
+        self.hub: Hub = runtime.hub
+        self.max_feeds: int = runtime.settings.max_feeds_per_connection
+        self.subs: dict[str, Subscription] = {}
+        self.pending: dict[str, asyncio.Task[None]] = {}
+        self.is_closed = False
+        self._bucket: TokenBucket | None = None  # made at the first message
+        self._strikes = 0
+        # One loop timer per subscription whose reader token expires (none for public
+        # feeds: most sockets never hold the dict).
+        self._expiry: dict[str, asyncio.TimerHandle] | None = None
+        self._idle: _Unsubscribed | None = None  # where it waits while never subscribed
+        self.address: str | None = None  # counted in the per-address limit, if any
+        runtime.ws_connections += 1
+        runtime.gc.opened()
+
+    # The socket as the hub sees it (feed.Connection)
 
     def hold(self, first: bytes) -> None:
         """Collect writes after `first` until release(), then write them all at once."""
@@ -80,56 +123,16 @@ class WsConnection:
             self.release()  # the 101 and what was held leave before the close frame
         self._socket.close(code)
 
-
-class Session:
-    """One client's subscriptions on one socket, driven by its messages; never awaits.
-
-    A subscribe that this node can serve from memory completes at once; one that
-    needs the broker runs as a short task owned by the hub, and later messages about
-    the same feed (unsubscribe, subscribe again) cancel it, so order is kept.
-    """
-
-    __slots__ = (
-        "_bucket",
-        "_expiry",
-        "_idle",
-        "_strikes",
-        "address",
-        "conn",
-        "hub",
-        "is_closed",
-        "max_feeds",
-        "pending",
-        "runtime",
-        "subs",
-    )
-
-    def __init__(self, conn: WsConnection, runtime: Runtime) -> None:
-        self.conn = conn
-        self.runtime = runtime
-        self.hub: Hub = runtime.hub
-        self.max_feeds: int = runtime.settings.max_feeds_per_connection
-        self.subs: dict[str, Subscription] = {}
-        self.pending: dict[str, asyncio.Task[None]] = {}
-        self.is_closed = False
-        self._bucket: TokenBucket | None = None  # made at the first message
-        self._strikes = 0
-        # One loop timer per subscription whose reader token expires (none for public
-        # feeds: most sockets never hold the dict).
-        self._expiry: dict[str, asyncio.TimerHandle] | None = None
-        self._idle: _Unsubscribed | None = None  # where it waits while never subscribed
-        self.address: str | None = None  # counted in the per-address limit, if any
-        runtime.ws_connections += 1
-        runtime.gc.opened()
+    # The client's messages
 
     def error(self, code: str, message: str, feed: str | None = None) -> None:
         error: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if feed is not None:
             error["feed"] = feed
-        self.conn.send("error", error)
+        self.send("error", error)
         self._strikes += 1
         if self._strikes > STRIKES:
-            self.conn.close(CloseCode.POLICY)
+            self.close(CloseCode.POLICY)
 
     def _within_rate(self) -> bool:
         # A bucket and its floats are about 0.1 KiB, and a reader subscribed in the URL
@@ -150,7 +153,7 @@ class Session:
             self.error(error.code, error.message)
             return
         if isinstance(message, Ping):
-            self.conn.send("pong", {"type": "pong"})
+            self.send("pong", {"type": "pong"})
         elif isinstance(message, Unsubscribe):
             if not self._leave(message.feed):
                 self.error("not_subscribed", f"not subscribed to {message.feed}")
@@ -197,7 +200,7 @@ class Session:
         feed, since, epoch = message.feed, message.since, message.epoch
         if grant.expires is not None:
             self._expire_at(feed, grant.expires)
-        sub = self.hub.try_join(self.conn, feed, since, epoch, receipts=message.receipts)
+        sub = self.hub.try_join(self, feed, since, epoch, receipts=message.receipts)
         if sub is not None:
             self.subs[sub.feed] = sub  # the hub's string: not one per socket
             return
@@ -218,7 +221,7 @@ class Session:
             self._expiry.pop(feed, None)
         if self._leave(feed):
             message = {"type": "unsubscribed", "feed": feed, "reason": "token_expired"}
-            self.conn.send("unsubscribed", message)
+            self.send("unsubscribed", message)
 
     def wait_for_subscription(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
         """Close the socket (1008) unless it subscribes within `seconds` (on `loop`, the
@@ -229,7 +232,7 @@ class Session:
     def never_subscribed(self) -> None:
         self._idle = None
         if not self.is_closed:
-            self.conn.close(CloseCode.POLICY)
+            self.close(CloseCode.POLICY)
 
     def _settled(self, feed: str, task: asyncio.Task[None]) -> None:
         if self.pending.get(feed) is task:
@@ -238,7 +241,7 @@ class Session:
     async def _subscribe(self, message: Subscribe) -> None:
         try:
             sub = await self.hub.subscribe(
-                self.conn, message.feed, message.since, message.epoch, receipts=message.receipts
+                self, message.feed, message.since, message.epoch, receipts=message.receipts
             )
         except BrokerUnavailable:
             self.error("broker_unavailable", "the broker is unavailable; retry shortly")
@@ -301,14 +304,13 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
     session's first messages (`subscribed`, a catch-up): one send instead of two per
     connection in a reconnect storm.
     """
-    conn = WsConnection(socket, deflate=socket.deflate is not None)
-    session = Session(conn, runtime)
+    session = Session(socket, socket.deflate is not None, runtime)
     socket.detach(session)
-    conn.hold(greeting)
+    session.hold(greeting)
     if runtime.addresses.limited:
         address = socket.peer()
         if not runtime.addresses.admit(address):
-            conn.close(CloseCode.POLICY)  # the 101, then the close: too many from there
+            session.close(CloseCode.POLICY)  # the 101, then the close: too many from there
             return
         session.address = address
     try:
@@ -319,9 +321,9 @@ def open_session(socket: FastSocket, runtime: Runtime, query: str, greeting: byt
                 session, feed, params.get("since"), params.get("epoch"), params.get("token")
             )
     finally:
-        conn.release()
+        session.release()
         for sub in session.subs.values():
-            sub.write = conn.write  # they took the holding write when they joined
+            sub.write = session.write  # they took the holding write when they joined
     if not session.subs and not session.pending:
         session.wait_for_subscription(runtime.settings.subscribe_timeout, socket.loop)
 
