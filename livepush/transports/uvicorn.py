@@ -174,9 +174,7 @@ class FirstRequest(asyncio.Protocol):
         verdict = self.feed(data)
         if verdict is self.MORE:
             return
-        if self.deadlines is not None:  # let_go(), inline: once per connection
-            self.deadlines.discard(self)
-            self.deadlines = None
+        self.let_go()
         if verdict is self.UVICORN:
             self.connections.discard(self)
             self._to_uvicorn()
