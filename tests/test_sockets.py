@@ -496,7 +496,7 @@ def test_the_latest_known_head_is_told_by_its_two_parts_and_nothing_else_passes_
 
     known, _ = upgrade_request("/v1/ws?feed=a")
     assert verdict(known)[0] is FirstRequest.FAST
-    key_at = known.index(b"Key: ") + 5
+    key_at = known.index(first_key(known))
     fast.knows(known[known.index(b"\r\n") + 2 : key_at], known[key_at + 24 :], _NEGOTIATED)
     fast.heads.clear()  # from now on only `latest` knows the head
 
@@ -504,7 +504,7 @@ def test_the_latest_known_head_is_told_by_its_two_parts_and_nothing_else_passes_
     told, first = verdict(request)
     assert told is FirstRequest.FAST
     assert (first.url, first.known, first.headers) == (b"/v1/ws?feed=b&since=7", _NEGOTIATED, [])
-    assert first.key == request[request.index(b"Key: ") + 5 :][:24]
+    assert first.key == first_key(request)
     assert first.end == len(request)
 
     # Not the latest head: each is parsed (headers read) or handed to uvicorn.
